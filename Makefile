@@ -1,0 +1,42 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SETTINGS ?= settings/demo.yaml
+
+.PHONY: run test lint check bench schema clean mosquitto
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[embedded,test,dev]'
+	touch $(STAMP)
+
+mosquitto:
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
+	  echo "installing mosquitto with apt-get"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto >/dev/null; }
+
+run: $(STAMP)
+	$(BIN)/python -m runtime run $(SETTINGS)
+
+test: $(STAMP) mosquitto
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check runtime drivers tests benchmarks
+	$(BIN)/mypy --strict
+
+check: $(STAMP)
+	$(BIN)/python -m runtime check $(SETTINGS)
+
+schema: $(STAMP)
+	$(BIN)/python -m runtime.schema > settings/schema.json
+
+bench: $(STAMP) mosquitto
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

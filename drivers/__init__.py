@@ -1,0 +1,1 @@
+"""Drivers shipped with the runtime, one package per vendor."""

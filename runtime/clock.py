@@ -1,0 +1,95 @@
+"""Clocks: the real one, and a controllable one for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """Time source given to drivers and the scheduler."""
+
+    def time(self) -> float:
+        """Wall-clock time as Unix seconds."""
+        ...
+
+    def monotonic(self) -> float:
+        """Monotonic seconds for measuring intervals."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep for `seconds` of this clock's time."""
+        ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def time(self) -> float:
+        """Wall-clock time as Unix seconds."""
+        return time.time()
+
+    def monotonic(self) -> float:
+        """Monotonic seconds."""
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep on the event loop."""
+        await asyncio.sleep(max(0.0, seconds))
+
+
+class FakeClock:
+    """A clock that only moves when a test calls `advance`; sleepers wake in time order."""
+
+    def __init__(self, start: float = 1_767_225_600.0) -> None:
+        self._now = start
+        self._mono = 0.0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def time(self) -> float:
+        """Fake wall-clock Unix seconds."""
+        return self._now
+
+    def monotonic(self) -> float:
+        """Fake monotonic seconds."""
+        return self._mono
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait until the fake time has advanced by `seconds`."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self._mono + max(0.0, seconds), next(self._seq), fut))
+        await fut
+
+    @property
+    def sleepers(self) -> int:
+        """How many sleeps are waiting."""
+        return sum(1 for _, _, f in self._sleepers if not f.done())
+
+    async def advance(self, seconds: float) -> None:
+        """Move time forward, waking each sleeper at its due time and letting it run."""
+        target = self._mono + seconds
+        await _settle()
+        while self._sleepers and self._sleepers[0][0] <= target:
+            due, _, fut = heapq.heappop(self._sleepers)
+            if fut.done():
+                continue
+            self._now += due - self._mono
+            self._mono = due
+            fut.set_result(None)
+            await _settle()
+        self._now += target - self._mono
+        self._mono = target
+        await _settle()
+
+    def set_time(self, unix_seconds: float) -> None:
+        """Jump the wall clock without waking sleepers (the monotonic clock is unchanged)."""
+        self._now = unix_seconds
+
+
+async def _settle(rounds: int = 20) -> None:
+    for _ in range(rounds):
+        await asyncio.sleep(0)

@@ -1,0 +1,208 @@
+"""The driver API: what a driver declares and what the runtime gives each of its modules.
+
+A driver is a subclass of `Driver` with its metadata and a msgspec settings Struct
+at the top (the single source of its defaults), then `on_load`, `on_update` (safe to
+repeat) and `on_unload`, then its handlers. Everything that touches the outside world
+(transports, clock, scheduler, logger, state) comes from the `ModuleContext`, so tests
+can hand a driver fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from pathlib import Path
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, get_type_hints
+from zoneinfo import ZoneInfo
+
+import aiohttp
+import msgspec
+
+from runtime.clock import Clock
+from runtime.errors import CommandArgumentsError, UnknownCommand
+from runtime.mqtt import MqttEndpoint, MqttSession, SessionListener
+from runtime.scheduler import Scheduler
+
+S = TypeVar("S", bound=msgspec.Struct)
+T = TypeVar("T")
+StateCallback = Callable[[str, Any], None]
+ModuleLogger = logging.LoggerAdapter[logging.Logger]
+
+
+class SharedService(Protocol):
+    """An upstream connection shared by the modules of a driver record with equal credentials."""
+
+    async def close(self) -> None:
+        """Release the connection; called when the last module using it lets go."""
+        ...
+
+
+class DriverMetrics(Protocol):
+    """Counters a driver moves; labelled with the driver record, never with device ids."""
+
+    def received(self, kind: str, count: int = 1) -> None:
+        """Count messages received from upstream, by kind."""
+        ...
+
+    def decode_error(self, kind: str, count: int = 1) -> None:
+        """Count messages that could not be decoded, by kind."""
+        ...
+
+    def dropped(self, reason: str, count: int = 1) -> None:
+        """Count messages dropped on purpose (unknown topic shape, stale value...)."""
+        ...
+
+
+class Transports(Protocol):
+    """Network access the runtime lends to drivers; drivers never open sockets themselves."""
+
+    def mqtt(self, endpoint: MqttEndpoint, listener: SessionListener, *, name: str) -> MqttSession:
+        """A supervised MQTT session (reconnects with backoff, renews subscriptions)."""
+        ...
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """The runtime's shared HTTP client session (REST, GraphQL, WebSocket)."""
+        ...
+
+
+class Subscription(Protocol):
+    """A handle on a subscription to another module's state."""
+
+    def cancel(self) -> None:
+        """Stop receiving updates."""
+        ...
+
+
+class ModuleContext(Protocol):
+    """Everything the runtime gives one module."""
+
+    module_id: str
+    driver_id: str
+    name: str
+    logger: ModuleLogger
+    clock: Clock
+    schedule: Scheduler
+    timezone: ZoneInfo
+    state_dir: Path
+    transports: Transports
+    metrics: DriverMetrics
+
+    def set_state(self, key: str, value: Any) -> None:
+        """Set a state key; published only when its encoded value changed, `None` clears it."""
+        ...
+
+    def get_state(self, key: str) -> Any:
+        """The current value of a state key of this module, or None."""
+        ...
+
+    def set_connected(self, up: bool) -> None:
+        """Report whether this module's upstream works (the runtime owns `connected`)."""
+        ...
+
+    def spawn(self, coro: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
+        """Run a task owned by the module: cancelled on unload; its crash restarts the module."""
+        ...
+
+    async def shared(self, slot: str, key: Hashable, factory: Callable[[], Awaitable[T]]) -> T:
+        """The shared service for `key` in `slot`, created by `factory` for the first module.
+
+        A module holds one service per slot: asking again with another key lets go of
+        the previous one (closed when its last module lets go). All are released on unload.
+        """
+        ...
+
+    def subscribe(self, module: str, state: str, callback: StateCallback) -> Subscription:
+        """Follow `state` of the module addressed `Name` or `Name_idx` in this module's systems.
+
+        The callback gets `(state, value)` now if a value is present and on every change.
+        """
+        ...
+
+
+class CommandSpec(msgspec.Struct, frozen=True):
+    """A command a driver exposes to the HTTP API."""
+
+    name: str
+    doc: str
+    timeout: float
+    arguments: type[msgspec.Struct]
+
+
+def command(*, timeout: float = 10.0) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
+    """Mark an async method of a driver as a command callable through the HTTP API."""
+
+    def mark(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"command {fn.__name__} must be async")
+        fn.__placeos_command__ = timeout  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def _arguments_struct(owner: type, fn: Callable[..., Any]) -> type[msgspec.Struct]:
+    hints = get_type_hints(fn)
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    for param in list(inspect.signature(fn).parameters.values())[1:]:
+        kind = hints.get(param.name, Any)
+        if param.default is inspect.Parameter.empty:
+            fields.append((param.name, kind))
+        else:
+            fields.append((param.name, kind, param.default))
+    return msgspec.defstruct(f"{owner.__name__}_{fn.__name__}_args", fields, forbid_unknown_fields=True)
+
+
+class Driver(Generic[S]):
+    """Base class of every driver; subclasses set the class attributes and override the hooks."""
+
+    key: ClassVar[str]
+    name: ClassVar[str]
+    generic_name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Settings: ClassVar[type[msgspec.Struct]]
+    has_upstream: ClassVar[bool] = True
+    commands: ClassVar[dict[str, CommandSpec]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        specs = dict(cls.commands)
+        for attr, fn in vars(cls).items():
+            timeout = getattr(fn, "__placeos_command__", None)
+            if timeout is not None:
+                specs[attr] = CommandSpec(attr, (inspect.getdoc(fn) or "").split("\n")[0], float(timeout),
+                                          _arguments_struct(cls, fn))
+        cls.commands = specs
+
+    def __init__(self, ctx: ModuleContext, settings: S) -> None:
+        self.ctx = ctx
+        self.settings = settings
+
+    @classmethod
+    def settings_schema(cls) -> dict[str, Any]:
+        """The JSON Schema of this driver's settings, generated from its Struct."""
+        return msgspec.json.schema(cls.Settings)
+
+    async def on_load(self) -> None:
+        """Called once when the module starts, before the first `on_update`."""
+
+    async def on_update(self) -> None:
+        """Called after `on_load` and whenever `self.settings` changed; must be safe to repeat."""
+
+    async def on_unload(self) -> None:
+        """Called once when the module stops."""
+
+    async def execute(self, command_name: str, arguments: Any) -> Any:
+        """Run a declared command with JSON arguments, validated against its signature."""
+        spec = self.commands.get(command_name)
+        if spec is None:
+            raise UnknownCommand(f"{self.key} has no command {command_name!r}")
+        try:
+            args = msgspec.convert(arguments if arguments is not None else {}, spec.arguments)
+        except msgspec.ValidationError as exc:
+            raise CommandArgumentsError(str(exc)) from exc
+        values = {f: getattr(args, f) for f in spec.arguments.__struct_fields__}
+        async with asyncio.timeout(spec.timeout):
+            return await getattr(self, command_name)(**values)

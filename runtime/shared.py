@@ -1,0 +1,84 @@
+"""Reference-counted shared upstream services (one connection, one token per credentials)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+_log = logging.getLogger("runtime.shared")
+
+
+class _Entry:
+    __slots__ = ("ready", "service", "users")
+
+    def __init__(self) -> None:
+        self.service: Any = None
+        self.users: set[tuple[str, str]] = set()
+        self.ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+
+class SharedServices:
+    """Services keyed by connection settings; created with the first user, closed with the last."""
+
+    def __init__(self) -> None:
+        self._entries: dict[Hashable, _Entry] = {}
+        self._held: dict[tuple[str, str], Hashable] = {}
+
+    async def acquire(self, user: str, slot: str, key: Hashable, factory: Callable[[], Awaitable[T]]) -> T:
+        """The service for `key`, held by `user` in `slot` (releasing what that slot held before)."""
+        holder = (user, slot)
+        previous = self._held.get(holder)
+        if previous is not None and previous != key:
+            await self._release(holder, previous)
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = _Entry()
+            entry.users.add(holder)
+            self._held[holder] = key
+            try:
+                entry.service = await factory()
+            except BaseException as exc:
+                del self._entries[key]
+                self._held.pop(holder, None)
+                if isinstance(exc, Exception):
+                    entry.ready.set_exception(exc)
+                    entry.ready.exception()  # mark retrieved; waiting users get it re-raised
+                else:
+                    entry.ready.cancel()
+                raise
+            entry.ready.set_result(entry.service)
+            return entry.service  # type: ignore[no-any-return]
+        entry.users.add(holder)
+        self._held[holder] = key
+        return await asyncio.shield(entry.ready)  # type: ignore[no-any-return]
+
+    async def release_all(self, user: str) -> None:
+        """Let go of everything `user` holds."""
+        for holder in [h for h in self._held if h[0] == user]:
+            await self._release(holder, self._held[holder])
+
+    def users(self, key: Hashable) -> int:
+        """How many holders a service has (0 when it does not exist)."""
+        entry = self._entries.get(key)
+        return len(entry.users) if entry else 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def _release(self, holder: tuple[str, str], key: Hashable) -> None:
+        self._held.pop(holder, None)
+        entry = self._entries.get(key)
+        if entry is None:
+            return
+        entry.users.discard(holder)
+        if entry.users:
+            return
+        del self._entries[key]
+        if entry.ready.done() and not entry.ready.cancelled() and entry.ready.exception() is None:
+            try:
+                await entry.service.close()
+            except Exception as exc:  # closing a broken connection must not block the rest
+                _log.warning("closing shared service %r failed: %s", key, exc)
