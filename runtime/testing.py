@@ -147,7 +147,7 @@ class FakeModuleContext:
         self.module_id = module_id
         self.driver_id = driver_id
         self.name = name
-        self.logger = logging.LoggerAdapter(logging.getLogger(f"test.{module_id}"), {"module": module_id})
+        self.logger = logging.LoggerAdapter(logging.getLogger(f"test.{module_id}"), {"module_id": module_id})
         self.clock = clock or FakeClock()
         self.timezone = ZoneInfo(timezone)
         self.schedule = Scheduler(self.clock, self.timezone, self.logger)

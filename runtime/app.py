@@ -1,0 +1,126 @@
+"""The runtime: settings to plan, brokers, publisher and modules, signals and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+
+from runtime.clock import Clock, SystemClock
+from runtime.embedded import EmbeddedBroker
+from runtime.manager import Manager
+from runtime.metrics import Metrics
+from runtime.model import Broker, Site
+from runtime.plan import Plan, build_plan
+from runtime.publisher import Publisher, RuleSet
+from runtime.registry import Registry
+from runtime.settings import load_settings
+from runtime.transports import RuntimeTransports
+
+_log = logging.getLogger("runtime")
+
+
+def default_client_id(site: Site, broker: Broker) -> str:
+    """`placeos-runtime-<host>-<org>`, made a valid topic level."""
+    raw = f"placeos-runtime-{socket.gethostname()}-{site.org.id}"
+    return re.sub(r"[/+#\x00\s]", "-", raw)
+
+
+class Runtime:
+    """One running site."""
+
+    def __init__(self, settings_path: str | Path, *, registry: Registry | None = None, clock: Clock | None = None,
+                 env: Mapping[str, str] | None = None, metrics: Metrics | None = None,
+                 backoff_initial: float = 1.0) -> None:
+        self.settings_path = Path(settings_path)
+        self.registry = registry or Registry.from_entry_points()
+        self.clock = clock or SystemClock()
+        self.env = env
+        self.metrics = metrics or Metrics()
+        self.transports = RuntimeTransports()
+        self.plan: Plan | None = None
+        self.publisher: Publisher | None = None
+        self.manager: Manager | None = None
+        self._embedded: list[EmbeddedBroker] = []
+        self._backoff_initial = backoff_initial
+        self._stop = asyncio.Event()
+
+    def load(self) -> Plan:
+        """Read and resolve the settings file (raises `SettingsError`)."""
+        return build_plan(load_settings(self.settings_path, self.env), self.registry)
+
+    def _rules_for(self, names: list[str]) -> RuleSet | None:
+        return None
+
+    async def start(self) -> None:
+        """Start brokers, publish metadata and start every module."""
+        plan = self.plan = self.load()
+        site = plan.site
+        for warning in plan.warnings:
+            _log.warning("settings: %s", warning)
+        for broker in site.brokers:
+            if broker.url.startswith("embedded://"):
+                embedded = EmbeddedBroker(broker.url)
+                await embedded.start()
+                self._embedded.append(embedded)
+        publisher = self.publisher = Publisher(
+            site.org.id, site.brokers, lambda b: b.client_id or default_client_id(site, b), self.metrics,
+            self._rules_for)
+        publisher.set_owned(plan.prefixes(), plan.metadata)
+        publisher.publish_metadata(plan.metadata, {})
+        publisher.start()
+        state_dir = (self.settings_path.parent / site.state_dir).resolve()
+        self.manager = Manager(self.registry, publisher, self.clock, self.transports, self.metrics, state_dir,
+                               backoff_initial=self._backoff_initial)
+        await self.manager.apply(plan)
+        self.metrics.settings.info({"path": str(self.settings_path), "org": site.org.id,
+                                    "modules": str(len(plan.modules))})
+        _log.info("site %s: %d modules in %d systems, %d brokers", site.org.id, len(plan.modules),
+                  len(plan.systems), len(site.brokers))
+
+    async def stop(self) -> None:
+        """Stop modules, flush and disconnect the brokers, stop embedded brokers."""
+        if self.manager is not None:
+            await self.manager.stop()
+        if self.publisher is not None:
+            await self.publisher.close()
+        await self.transports.close()
+        for embedded in self._embedded:
+            await embedded.stop()
+        self._embedded.clear()
+
+    def request_stop(self) -> None:
+        """Ask `run` to shut down."""
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT; a second signal exits at once."""
+        loop = asyncio.get_running_loop()
+        signals = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals
+            signals += 1
+            if signals > 1:
+                _log.warning("second signal: exiting now")
+                os._exit(1)
+            _log.info("%s received: shutting down", signal.Signals(signum).name)
+            self.request_stop()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        try:
+            await self.start()
+            await self._stop.wait()
+        finally:
+            await self.stop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(signum)
+        return 0

@@ -1,0 +1,403 @@
+"""The publisher: module state and metadata to every configured broker.
+
+Per broker it keeps `current` (every retained topic the runtime owns, with the exact
+bytes last sent, so a reconnect republishes them with their original `time`) and
+`pending` (topics waiting to be sent, latest value per topic: bounded by the number of
+topics, never dropping anything, counting what it coalesces). Sending is batched on
+the event loop and, at QoS 1, bounded by an in-flight window so packet ids never run
+out; acknowledgements reopen the window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
+
+from runtime import topics
+from runtime.metrics import Metrics
+from runtime.model import Broker
+from runtime.mqtt import Backoff, MqttEndpoint, MqttSession, SessionListener, Will
+from runtime.payloads import CLEAR, OFFLINE, ONLINE, PayloadFormat, encode_metadata, encode_value, state_payload
+
+_log = logging.getLogger("runtime.publisher")
+SWEEP_TIMEOUT = 5.0
+
+
+class StateEntry:
+    """A module's current value of one state key."""
+
+    __slots__ = ("raw", "time_ms", "value")
+
+    def __init__(self, value: Any, raw: bytes, time_ms: int) -> None:
+        self.value = value
+        self.raw = raw
+        self.time_ms = time_ms
+
+
+class StateFilter(Protocol):
+    """Privacy rules scoped to one state key of one module."""
+
+    key: Any
+
+    def apply(self, value: Any) -> Any:
+        """Filtered value, the same object when nothing matched, or the drop sentinel."""
+        ...
+
+
+class RuleSet(Protocol):
+    """The privacy rules of one destination."""
+
+    def scope(self, driver_id: str, module_id: str, state_key: str) -> StateFilter | None:
+        """Rules for one state key of one module, or None."""
+        ...
+
+    def metadata(self, payload: dict[str, Any]) -> Any:
+        """A filtered metadata payload, or the drop sentinel."""
+        ...
+
+
+class Source(Protocol):
+    """What the publisher needs to know of a module."""
+
+    module_id: str
+    driver_id: str
+    prefixes: tuple[str, ...]
+    routes: dict[str, list[Route]]
+
+
+Route = tuple["Lane", tuple[str, ...], "StateFilter | None"]
+
+
+class Output(SessionListener):
+    """One broker: its session, what it owns and what waits to be sent."""
+
+    def __init__(self, publisher: Publisher, broker: Broker, org: str, client_id: str, metrics: Metrics) -> None:
+        self.publisher = publisher
+        self.name = broker.name
+        self.qos = broker.qos
+        self.max_inflight = broker.max_inflight
+        self.presence = topics.presence_topic(org, client_id)
+        self.current: dict[str, bytes] = {}
+        self.pending: dict[str, bytes] = {}
+        self.times: dict[str, float] = {}
+        self.swept = False
+        self._scheduled = False
+        self._org = org
+        self._sweep: dict[str, bytes] | None = None
+        self._sync_topic = ""
+        self._sync_done: asyncio.Event | None = None
+        endpoint = MqttEndpoint(
+            url=broker.url.replace("embedded://", "mqtt://"), username=broker.username, password=broker.password,
+            client_id=client_id, ca_file=broker.ca_file, cert_file=broker.cert_file, key_file=broker.key_file,
+            tls_insecure=broker.tls_insecure, will=Will(self.presence, OFFLINE, qos=1, retain=True),
+            # The embedded broker (amqtt) speaks MQTT 3.1.1 only.
+            protocol="3.1.1" if broker.url.startswith("embedded://") else "5")
+        self.session = MqttSession(endpoint, self, name=f"broker {broker.name}", backoff=Backoff(cap=15.0))
+        self._published = metrics.published.labels(self.name)
+        self._coalesced = metrics.coalesced.labels(self.name)
+        self._cleared = metrics.cleared.labels(self.name)
+        self._errors = metrics.publish_errors.labels(self.name)
+        self._depth = metrics.buffer_depth.labels(self.name)
+        self._inflight = metrics.inflight.labels(self.name)
+        self._connected_gauge = metrics.broker_connected.labels(self.name)
+        self._reconnects = metrics.reconnects.labels(self.name)
+        self._sent_latency = metrics.latency.labels(self.name, "sent")
+
+    # -- the buffer ---------------------------------------------------------------------
+
+    def put(self, topic: str, payload: bytes, since: float | None = None) -> None:
+        """Make `payload` the retained value of `topic` (CLEAR removes it) and queue it."""
+        if payload:
+            if self.current.get(topic) == payload:
+                return
+            self.current[topic] = payload
+        elif self.current.pop(topic, None) is None and topic not in self.pending and self.swept:
+            return
+        else:
+            self._cleared.inc()
+        if topic in self.pending:
+            self._coalesced.inc()
+        self.pending[topic] = payload
+        if since is not None:
+            self.times.setdefault(topic, since)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled and self.session.connected:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.drain)
+
+    def drain(self) -> None:
+        """Send what is pending, up to the in-flight window at QoS 1."""
+        self._scheduled = False
+        if not self.pending or not self.session.connected:
+            self._depth.set(len(self.pending))
+            return
+        batch, self.pending = self.pending, {}
+        session, qos = self.session, self.qos
+        window = self.max_inflight - session.inflight if qos else len(batch)
+        sent = 0
+        now = time.perf_counter()
+        times = self.times
+        rest: dict[str, bytes] | None = None
+        items = iter(batch.items())
+        for topic, payload in items:
+            if sent >= window or not session.publish(topic, payload, qos, True):
+                if sent < window:
+                    self._errors.inc()
+                rest = {topic: payload}
+                rest.update(items)
+                break
+            sent += 1
+            since = times.pop(topic, None)
+            if since is not None:
+                self._sent_latency.observe(now - since)
+        if rest:
+            rest.update(self.pending)
+            self.pending = rest
+        self._published.inc(sent)
+        self._depth.set(len(self.pending))
+        self._inflight.set(session.inflight)
+
+    def republish_all(self) -> None:
+        """Queue every owned topic again (after a reconnect the broker may have lost them)."""
+        merged = dict(self.current)
+        merged.update(self.pending)
+        self.pending = merged
+        self._schedule()
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait until nothing is pending or in flight; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.session.connected:
+                return False
+            if not self.pending and self.session.inflight == 0:
+                return True
+            self.drain()
+            await asyncio.sleep(0.01)
+        return False
+
+    # -- session callbacks ----------------------------------------------------------------
+
+    def on_connected(self, session: MqttSession) -> None:
+        """Announce presence, republish everything, and sweep ghosts once."""
+        self._connected_gauge.set(1)
+        self.current[self.presence] = ONLINE
+        self.republish_all()
+        if not self.swept and self._sweep is None:
+            self._start_sweep()
+        self.publisher.changed.set()
+
+    def on_disconnected(self, session: MqttSession, reason: str) -> None:
+        """Count and show the loss."""
+        self._connected_gauge.set(0)
+        if reason == "connection lost":
+            self._reconnects.inc()
+        self.publisher.changed.set()
+
+    def on_acked(self, session: MqttSession) -> None:
+        """Reopen the window."""
+        if self.pending and not self._scheduled and session.inflight <= self.max_inflight // 2:
+            self._schedule()
+
+    def on_message(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """Collect retained topics during the start-up sweep."""
+        if self._sweep is None:
+            return
+        if topic == self._sync_topic:
+            if self._sync_done is not None:
+                self._sync_done.set()
+        elif retain and payload:
+            self._sweep[topic] = payload
+
+    # -- start-up sweep -------------------------------------------------------------------
+
+    def _start_sweep(self) -> None:
+        self._sweep = {}
+        self._sync_topic = topics.sync_topic(self.session.endpoint.client_id, uuid.uuid4().hex[:12])
+        self._sync_done = asyncio.Event()
+        asyncio.get_running_loop().create_task(self._run_sweep(), name=f"sweep:{self.name}")
+
+    async def _run_sweep(self) -> None:
+        """Read the org's retained topics, then clear every one this runtime does not own."""
+        org_filter = topics.org_filter(self._org)
+        self.session.subscribe({org_filter: 1, self._sync_topic: 1})
+        # Retained messages are delivered on subscribe, before our marker comes back.
+        self.session.publish(self._sync_topic, b"sync", 1, False)
+        assert self._sync_done is not None
+        try:
+            async with asyncio.timeout(SWEEP_TIMEOUT):
+                await self._sync_done.wait()
+        except TimeoutError:
+            _log.warning("broker %s: retained topics not confirmed within %.0f s; sweeping what arrived",
+                         self.name, SWEEP_TIMEOUT)
+        found = self._sweep or {}
+        self._sweep = None
+        self.session.unsubscribe([org_filter, self._sync_topic])
+        ghosts = {t for t in found if not self.publisher.owns(self, t)}
+        for topic, payload in found.items():
+            if topic not in ghosts and topic != self.presence:
+                # Owned but not yet set in this run: keep it, and remember it so a later clear reaches it.
+                self.current.setdefault(topic, payload)
+        for topic in ghosts:
+            self.put(topic, CLEAR)
+        self.swept = True
+        if ghosts:
+            _log.info("broker %s: cleared %d retained topics no longer in the settings", self.name, len(ghosts))
+
+
+class Lane:
+    """Brokers that get identical bytes: same payload format and privacy rules."""
+
+    def __init__(self, fmt: PayloadFormat, rules: RuleSet | None, outputs: list[Output]) -> None:
+        self.render = state_payload(fmt)
+        self.rules = rules
+        self.outputs = outputs
+
+
+class Publisher:
+    """Routes state changes and metadata to every broker output."""
+
+    def __init__(self, org: str, brokers: Iterable[Broker], client_id: Callable[[Broker], str], metrics: Metrics,
+                 rules_for: Callable[[list[str]], RuleSet | None], drop: object = None) -> None:
+        self.org = org
+        self.metrics = metrics
+        self.changed = asyncio.Event()
+        self.outputs: list[Output] = []
+        self._lanes: list[Lane] = []
+        self._drop = drop
+        self._owned_prefixes: set[str] = set()
+        self._metadata: dict[str, dict[str, Any]] = {}
+        self._state_changes = metrics.state_changes
+        groups: dict[tuple[str, tuple[str, ...]], list[Output]] = {}
+        rules: dict[tuple[str, tuple[str, ...]], RuleSet | None] = {}
+        for broker in brokers:
+            out = Output(self, broker, org, client_id(broker), metrics)
+            self.outputs.append(out)
+            key = (broker.payload, tuple(broker.privacy))
+            groups.setdefault(key, []).append(out)
+            rules[key] = rules_for(list(broker.privacy))
+        for (fmt, _names), outs in groups.items():
+            self._lanes.append(Lane(fmt, rules[(fmt, _names)], outs))  # type: ignore[arg-type]
+
+    def start(self) -> None:
+        """Connect every broker."""
+        for out in self.outputs:
+            out.session.start()
+
+    @property
+    def connected(self) -> bool:
+        """True when every broker is connected."""
+        return all(o.session.connected for o in self.outputs)
+
+    async def wait_connected(self, timeout: float) -> bool:
+        """Wait until every broker is connected."""
+        results = await asyncio.gather(*(o.session.wait_connected(timeout) for o in self.outputs))
+        return all(results)
+
+    async def wait_swept(self, timeout: float) -> bool:
+        """Wait until every broker finished its start-up sweep."""
+        deadline = time.monotonic() + timeout
+        while not all(o.swept for o in self.outputs):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    # -- ownership ------------------------------------------------------------------------
+
+    def set_owned(self, prefixes: set[str], metadata: dict[str, dict[str, Any]]) -> None:
+        """What the current settings own: module prefixes and metadata topics."""
+        self._owned_prefixes = prefixes
+        self._metadata = metadata
+
+    def owns(self, out: Output, topic: str) -> bool:
+        """Whether a retained topic found on a broker belongs to the current settings."""
+        if topic in out.current:
+            return True
+        if topics.is_presence_topic(self.org, topic):
+            return topic == out.presence or not topic.startswith(out.presence)
+        if topic in self._metadata:
+            return True
+        return topics.prefix_of(topic) in self._owned_prefixes
+
+    # -- metadata ---------------------------------------------------------------------------
+
+    def publish_metadata(self, metadata: dict[str, dict[str, Any]], previous: dict[str, dict[str, Any]]) -> None:
+        """Publish changed metadata and clear metadata topics that no longer exist."""
+        for topic in previous:
+            if topic not in metadata:
+                for out in self.outputs:
+                    out.put(topic, CLEAR)
+        for lane in self._lanes:
+            for topic, payload in metadata.items():
+                body = payload if lane.rules is None else lane.rules.metadata(payload)
+                data = CLEAR if body is self._drop and self._drop is not None else encode_metadata(body)
+                for out in lane.outputs:
+                    out.put(topic, data)
+
+    # -- state ------------------------------------------------------------------------------
+
+    def routes(self, source: Source, key: str) -> list[Route]:
+        """How one state key of one module reaches each lane (built once per key)."""
+        built: list[Route] = []
+        for lane in self._lanes:
+            scoped = lane.rules.scope(source.driver_id, source.module_id, key) if lane.rules is not None else None
+            out_key = key
+            if scoped is not None:
+                if scoped.key is self._drop:
+                    built.append((lane, (), scoped))
+                    continue
+                out_key = scoped.key
+            built.append((lane, tuple(topics.state_topic(p, out_key) for p in source.prefixes), scoped))
+        source.routes[key] = built
+        return built
+
+    def publish_state(self, source: Source, key: str, entry: StateEntry | None) -> None:
+        """Send a state change (None clears the key's topics) to every broker."""
+        self._state_changes.inc()
+        route = source.routes.get(key) or self.routes(source, key)
+        since = time.perf_counter()
+        for lane, state_topics, scoped in route:
+            if entry is None:
+                payload = CLEAR
+            elif scoped is None:
+                payload = lane.render(entry.raw, entry.time_ms)
+            else:
+                value = scoped.apply(entry.value)
+                if value is self._drop:
+                    payload = CLEAR
+                else:
+                    raw = entry.raw if value is entry.value else encode_value(value)
+                    payload = lane.render(raw, entry.time_ms)
+            for out in lane.outputs:
+                for topic in state_topics:
+                    out.put(topic, payload, since)
+
+    def clear_topics(self, state_topics: Iterable[str]) -> None:
+        """Clear topics on every broker (used when a module's place changes)."""
+        for out in self.outputs:
+            for topic in state_topics:
+                out.put(topic, CLEAR)
+
+    def owned_state_topics(self, prefix: str) -> Iterator[tuple[Output, str]]:
+        """Retained state topics under one module prefix, per broker."""
+        start = prefix + "/"
+        for out in self.outputs:
+            for topic in list(out.current):
+                if topic.startswith(start) and "/" not in topic[len(start):]:
+                    yield out, topic
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Announce going offline, flush, disconnect."""
+        for out in self.outputs:
+            if out.session.connected:
+                out.put(out.presence, OFFLINE)
+                out.current.pop(out.presence, None)
+                await out.flush(timeout)
+        await asyncio.gather(*(o.session.stop() for o in self.outputs))
