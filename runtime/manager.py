@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from runtime.clock import Clock
-from runtime.driver import Driver, StateCallback, Transports
+from runtime.driver import Driver, DriverMetrics, StateCallback, Transports
 from runtime.errors import DriverError
 from runtime.metrics import DriverCounters, Metrics
 from runtime.plan import ModulePlan, Plan
@@ -75,7 +75,7 @@ class ModuleHost:
         self.schedule = Scheduler(self.clock, self.timezone, self.logger, on_error=self._job_failed)
         self.state_dir = manager.state_dir / plan.id
         self.transports: Transports = manager.transports
-        self.metrics = manager.driver_counters(plan.driver_id)
+        self.metrics: DriverMetrics = manager.driver_counters(plan.driver_id)
         self.states: dict[str, StateEntry] = {}
         self.watchers: dict[str, list[_Watch]] = {}
         self.status = Status.LOADING

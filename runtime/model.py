@@ -10,6 +10,7 @@ import msgspec
 TOPIC_LEVEL = r"^[^/+#\x00]+$"
 Id = Annotated[str, msgspec.Meta(pattern=TOPIC_LEVEL, min_length=1, max_length=200,
                                  description="Unique id; used as an MQTT topic level")]
+Tag = Annotated[str, msgspec.Meta(pattern=TOPIC_LEVEL)]
 Settings = dict[str, Any]
 
 
@@ -120,7 +121,7 @@ class Site(_Base):
 
     org: Org
     brokers: Annotated[list[Broker], msgspec.Meta(min_length=1)]
-    hierarchy: Annotated[list[Annotated[str, msgspec.Meta(pattern=TOPIC_LEVEL)]], msgspec.Meta(min_length=1)] = msgspec.field(
+    hierarchy: Annotated[list[Tag], msgspec.Meta(min_length=1)] = msgspec.field(
         default_factory=lambda: ["building", "level", "area"])
     privacy: Privacy = msgspec.field(default_factory=Privacy)
     http: Http = msgspec.field(default_factory=Http)

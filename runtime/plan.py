@@ -100,15 +100,17 @@ class _Checker:
 def _check_ids(c: _Checker) -> None:
     site = c.site
     seen: dict[str, tuple[str | int, ...]] = {site.org.id: ("org", "id")}
-    for kind, items in (("zones", site.zones), ("drivers", site.drivers), ("modules", site.modules),
-                        ("systems", site.systems)):
-        for i, item in enumerate(items):
-            path = (kind, i, "id")
-            if item.id in seen:
-                c.err(path, f"duplicate id {item.id!r} (also {format_path(seen[item.id])}); ids are unique "
-                            "across the org, zones, drivers, modules and systems")
-            else:
-                seen[item.id] = path
+    ids: list[tuple[str, int, str]] = [("zones", i, z.id) for i, z in enumerate(site.zones)]
+    ids += [("drivers", i, d.id) for i, d in enumerate(site.drivers)]
+    ids += [("modules", i, m.id) for i, m in enumerate(site.modules)]
+    ids += [("systems", i, s.id) for i, s in enumerate(site.systems)]
+    for kind, i, item_id in ids:
+        path = (kind, i, "id")
+        if item_id in seen:
+            c.err(path, f"duplicate id {item_id!r} (also {format_path(seen[item_id])}); ids are unique "
+                        "across the org, zones, drivers, modules and systems")
+        else:
+            seen[item_id] = path
     names: dict[str, int] = {}
     client_ids: dict[str, int] = {}
     for i, broker in enumerate(site.brokers):
@@ -164,7 +166,10 @@ def _ancestors(zone: str, parents: dict[str, str | None]) -> list[str]:
     return chain
 
 
-def _merge(layers: list[tuple[tuple[str | int, ...], dict[str, Any]]]) -> tuple[dict[str, Any], dict[str, tuple[str | int, ...]]]:
+SettingsPath = tuple[str | int, ...]
+
+
+def _merge(layers: list[tuple[SettingsPath, dict[str, Any]]]) -> tuple[dict[str, Any], dict[str, SettingsPath]]:
     merged: dict[str, Any] = {}
     origin: dict[str, tuple[str | int, ...]] = {}
     for path, layer in layers:
@@ -193,14 +198,14 @@ def build_plan(site: Site, registry: Registry) -> Plan:
                                             f"{', '.join(registry.keys()) or 'none'})")
     resolved_names: dict[str, str] = {}
     for i, module in enumerate(site.modules):
-        record = drivers.get(module.driver)
-        if record is None:
+        found = drivers.get(module.driver)
+        if found is None:
             c.err(("modules", i, "driver"), f"unknown driver record {module.driver!r}")
             continue
         if module.name is not None:
             resolved_names[module.id] = module.name
-        elif record.driver in registry:
-            generic = registry.get(record.driver).generic_name
+        elif found.driver in registry:
+            generic = registry.get(found.driver).generic_name
             resolved_names[module.id] = generic
             if not topics.is_valid_level(generic):
                 c.err(("modules", i), f"driver generic name {generic!r} is not a valid topic level; set `name`")
@@ -249,9 +254,10 @@ def build_plan(site: Site, registry: Registry) -> Plan:
     system_by_id = {s.id: (i, s) for i, s in enumerate(site.systems)}
     for module in site.modules:
         i = module_index[module.id]
-        record = drivers.get(module.driver)
-        if record is None or module.id not in resolved_names:
+        maybe_record = drivers.get(module.driver)
+        if maybe_record is None or module.id not in resolved_names:
             continue
+        record = maybe_record
         placements = module_systems[module.id]
         layers: list[tuple[tuple[str | int, ...], dict[str, Any]]] = [
             (("drivers", list(drivers).index(record.id), "settings"), record.settings),
@@ -274,7 +280,8 @@ def build_plan(site: Site, registry: Registry) -> Plan:
             try:
                 msgspec.convert(merged, driver_cls.Settings, strict=False)
             except msgspec.ValidationError as exc:
-                c.err(_blame(exc, origin, ("modules", i, "settings")), f"{exc} (merged settings of module {module.id!r})")
+                c.err(_blame(exc, origin, ("modules", i, "settings")),
+                      f"{exc} (merged settings of module {module.id!r})")
             known = set(driver_cls.Settings.__struct_fields__)
             for key in module.settings:
                 if key not in known and key != "timezone":

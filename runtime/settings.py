@@ -59,7 +59,7 @@ def parse_text(text: str | bytes, suffix: str) -> Any:
             raise SettingsError([f"(file): invalid JSON: {exc}"]) from exc
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
+        return yaml.load(text, Loader=loader)
     except yaml.YAMLError as exc:
         raise SettingsError([f"(file): invalid YAML: {exc}"]) from exc
 
@@ -90,6 +90,9 @@ def expand_env(doc: Any, env: Mapping[str, str]) -> tuple[Any, set[Path_], list[
     return walk(doc, ()), whole, problems
 
 
+_JSON_TYPES = {bool: "boolean", int: "integer", float: "number"}
+
+
 def _coerce(text: str, wanted: set[str]) -> Any:
     lowered = text.strip().lower()
     if "boolean" in wanted and lowered in ("true", "false"):
@@ -105,7 +108,7 @@ def _coerce(text: str, wanted: set[str]) -> Any:
 
 
 def _type_errors(error: jsonschema.ValidationError) -> Iterator[jsonschema.ValidationError]:
-    if error.validator == "type":
+    if error.validator in ("type", "enum"):
         yield error
     for sub in error.context or ():
         yield from _type_errors(sub)
@@ -128,8 +131,11 @@ def _schema_errors(doc: Any, whole: set[Path_]) -> list[str]:
                 path = tuple(type_error.absolute_path)
                 instance = type_error.instance
                 if path in whole and isinstance(instance, str):
-                    wanted = type_error.validator_value
-                    wanted_set = {wanted} if isinstance(wanted, str) else set(wanted)
+                    wanted: Any = type_error.validator_value
+                    if type_error.validator == "enum":
+                        wanted_set = {_JSON_TYPES.get(type(v), "string") for v in wanted}
+                    else:
+                        wanted_set = {wanted} if isinstance(wanted, str) else set(wanted)
                     converted = _coerce(instance, wanted_set)
                     if converted is not None:
                         _set_at(doc, path, converted)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 _log = logging.getLogger("runtime.shared")
@@ -50,10 +50,10 @@ class SharedServices:
                     entry.ready.cancel()
                 raise
             entry.ready.set_result(entry.service)
-            return entry.service  # type: ignore[no-any-return]
+            return cast(T, entry.service)
         entry.users.add(holder)
         self._held[holder] = key
-        return await asyncio.shield(entry.ready)  # type: ignore[no-any-return]
+        return cast(T, await asyncio.shield(entry.ready))
 
     async def release_all(self, user: str) -> None:
         """Let go of everything `user` holds."""

@@ -1,0 +1,174 @@
+"""State and metadata on a real mosquitto: exact topics and payloads, retention, clearing, reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+
+from tests.support.broker import Mosquitto
+from tests.support.site import ProbeDriver, running, site, write_settings
+from tests.support.subscriber import Subscriber, retained
+
+ROOM = "placeos/org-t/state/bld-1/lvl-2/area-201/sys-201/drv-p/Sensor/1"
+
+
+async def until(predicate: object, timeout: float = 10.0) -> bool:
+    """Poll a condition on the event loop (the runtime runs in this loop)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def test_state_topic_and_payload_exact(broker: Mosquitto, tmp_path: Path) -> None:
+    path = write_settings(tmp_path / "site.yaml", site(broker.url, org={"id": "org-t", "name": "T"}))
+    with Subscriber(broker.port, "placeos/org-t/#") as sub:
+        async with running(path) as rt:
+            host = rt.manager.hosts["mod-a"]  # type: ignore[union-attr]
+            host.set_state("temperature", 21.5)
+            host.set_state("count", 5)
+            host.set_state("detail", {"a": [1, True, None], "b": "x"})
+            expected = b'{"time":%d,"value":"5"}' % host.states["count"].time_ms
+            assert await until(lambda: sub.latest.get(f"{ROOM}/count") == expected)
+            await rt.publisher.outputs[0].flush(5)  # type: ignore[union-attr]
+            sub.wait_quiet(0.2)
+            assert sub.latest[f"{ROOM}/temperature"].endswith(b',"value":"21.5"}')
+            payload = msgspec.json.decode(sub.latest[f"{ROOM}/detail"])
+            assert payload["value"] == '{"a":[1,true,null],"b":"x"}'
+            assert sub.latest[f"{ROOM}/connected"].endswith(b'"value":"true"}')
+            meta = msgspec.json.decode(sub.latest["placeos/org-t/metadata/sys-201"])
+            assert meta == {"id": "sys-201", "name": "Room 2.01", "zones": ["area-201"], "modules": ["mod-a"]}
+            assert msgspec.json.decode(sub.latest["placeos/org-t/metadata/lvl-2"]) == {
+                "id": "lvl-2", "name": "Level 2", "tags": ["level"], "parent": "bld-1"}
+            assert msgspec.json.decode(sub.latest["placeos/org-t/metadata/drv-p"]) == {
+                "id": "drv-p", "name": "Probe driver", "driver": "probe", "description": "test probe"}
+            assert sub.latest["placeos/org-t/runtime/rt-test"] == b'{"online":true}'
+
+
+async def test_placeos_source_payload(broker: Mosquitto, tmp_path: Path) -> None:
+    doc = site(broker.url)
+    doc["brokers"][0]["payload"] = "placeos-source"
+    path = write_settings(tmp_path / "site.json", doc)
+    with Subscriber(broker.port, "placeos/org-t/state/#") as sub:
+        async with running(path) as rt:
+            host = rt.manager.hosts["mod-a"]  # type: ignore[union-attr]
+            host.set_state("detail", {"b": 2})
+            expected = b'{"time":%d,"value":{"b":2}}' % (host.states["detail"].time_ms // 1000)
+            assert await until(lambda: sub.latest.get(f"{ROOM}/detail") == expected)
+
+
+async def test_same_value_twice_publishes_once(broker: Mosquitto, tmp_path: Path) -> None:
+    path = write_settings(tmp_path / "site.yaml", site(broker.url))
+    with Subscriber(broker.port, f"{ROOM}/level") as sub:
+        async with running(path) as rt:
+            host = rt.manager.hosts["mod-a"]  # type: ignore[union-attr]
+            host.set_state("level", 3)
+            host.set_state("level", 3)
+            await asyncio.sleep(0)
+            host.set_state("level", 3)
+            host.set_state("level", 4)
+            assert await until(lambda: sub.latest.get(f"{ROOM}/level", b"").endswith(b'"4"}'))
+            await rt.publisher.outputs[0].flush(5)  # type: ignore[union-attr]
+            sub.wait_quiet(0.3)
+            values = [m.payload.rsplit(b'"value":', 1)[1] for m in sub.messages]
+            assert values == [b'"3"}', b'"4"}']
+
+
+async def test_late_subscriber_gets_retained_state_and_metadata(broker: Mosquitto, tmp_path: Path) -> None:
+    path = write_settings(tmp_path / "site.yaml", site(broker.url))
+    async with running(path) as rt:
+        rt.manager.hosts["mod-a"].set_state("humidity", 40)  # type: ignore[union-attr]
+        await rt.publisher.outputs[0].flush(5)  # type: ignore[union-attr]
+        found = retained(broker.port, "placeos/org-t/#")
+        assert f"{ROOM}/humidity" in found
+        assert f"{ROOM}/connected" in found
+        assert {"placeos/org-t/metadata/org-t", "placeos/org-t/metadata/bld-1", "placeos/org-t/metadata/sys-201",
+                "placeos/org-t/metadata/drv-p"} <= set(found)
+
+
+async def test_none_clears_the_retained_topic(broker: Mosquitto, tmp_path: Path) -> None:
+    path = write_settings(tmp_path / "site.yaml", site(broker.url))
+    async with running(path) as rt:
+        host = rt.manager.hosts["mod-a"]  # type: ignore[union-attr]
+        host.set_state("booking", "room booked")
+        await rt.publisher.outputs[0].flush(5)  # type: ignore[union-attr]
+        assert f"{ROOM}/booking" in retained(broker.port, f"{ROOM}/#")
+        host.set_state("booking", None)
+        await rt.publisher.outputs[0].flush(5)  # type: ignore[union-attr]
+        assert f"{ROOM}/booking" not in retained(broker.port, f"{ROOM}/#")
+
+
+async def test_restart_with_renamed_module_leaves_no_ghost(broker: Mosquitto, tmp_path: Path) -> None:
+    path = write_settings(tmp_path / "site.yaml", site(broker.url))
+    async with running(path) as rt:
+        rt.manager.hosts["mod-a"].set_state("temperature", 20)  # type: ignore[union-attr]
+    assert f"{ROOM}/temperature" in retained(broker.port, "placeos/org-t/#")
+    renamed = site(broker.url)
+    renamed["modules"][0]["name"] = "Climate"
+    renamed["zones"].append({"id": "area-202", "name": "Room 2.02", "tags": ["area"], "parent": "lvl-2"})
+    renamed["systems"].append({"id": "sys-202", "name": "Room 2.02", "zones": ["area-202"], "modules": []})
+    write_settings(path, renamed)
+    async with running(path) as rt:
+        rt.manager.hosts["mod-a"].set_state("temperature", 21)  # type: ignore[union-attr]
+        await rt.publisher.outputs[0].flush(5)  # type: ignore[union-attr]
+        found = retained(broker.port, "placeos/org-t/#")
+    new_room = ROOM.replace("/Sensor/", "/Climate/")
+    assert f"{new_room}/temperature" in found
+    assert not [t for t in found if "/Sensor/" in t]
+    assert "placeos/org-t/metadata/sys-202" in found
+
+
+async def test_restart_without_a_system_clears_its_metadata_and_state(broker: Mosquitto, tmp_path: Path) -> None:
+    doc = site(broker.url)
+    doc["systems"].append({"id": "sys-old", "name": "Old", "zones": ["lvl-2"], "modules": ["mod-a"]})
+    path = write_settings(tmp_path / "site.yaml", doc)
+    async with running(path) as rt:
+        rt.manager.hosts["mod-a"].set_state("temperature", 20)  # type: ignore[union-attr]
+    found = retained(broker.port, "placeos/org-t/#")
+    assert "placeos/org-t/metadata/sys-old" in found
+    assert any("/sys-old/" in t for t in found)
+    write_settings(path, site(broker.url))
+    async with running(path):
+        found = retained(broker.port, "placeos/org-t/#")
+    assert "placeos/org-t/metadata/sys-old" not in found
+    assert not [t for t in found if "/sys-old/" in t]
+    assert f"{ROOM}/temperature" in found  # still owned: kept for subscribers until the module sets it again
+
+
+async def test_broker_restart_republishes_everything(broker: Mosquitto, tmp_path: Path) -> None:
+    path = write_settings(tmp_path / "site.yaml", site(broker.url))
+    async with running(path) as rt:
+        host = rt.manager.hosts["mod-a"]  # type: ignore[union-attr]
+        host.set_state("temperature", 19.5)
+        await rt.publisher.outputs[0].flush(5)  # type: ignore[union-attr]
+        before = retained(broker.port, "placeos/org-t/#")
+        broker.restart()  # no persistence: the broker forgets every retained message
+        assert await until(lambda: not rt.publisher.connected, 10)  # type: ignore[union-attr]
+        assert await rt.publisher.wait_connected(15)  # type: ignore[union-attr]
+        await rt.publisher.outputs[0].flush(5)  # type: ignore[union-attr]
+        after = retained(broker.port, "placeos/org-t/#")
+    assert after == before  # same bytes, so the original `time` too
+
+
+async def test_failing_module_is_retried_and_others_unaffected(broker: Mosquitto, tmp_path: Path) -> None:
+    doc = site(broker.url)
+    doc["drivers"].append({"id": "drv-f", "name": "Flaky", "driver": "flaky", "settings": {"failures": 2}})
+    doc["modules"].append({"id": "mod-f", "driver": "drv-f"})
+    doc["systems"][0]["modules"].append("mod-f")
+    path = write_settings(tmp_path / "site.yaml", doc)
+    flaky = "placeos/org-t/state/bld-1/lvl-2/area-201/sys-201/drv-f/Flaky/1"
+    with Subscriber(broker.port, "placeos/org-t/state/#") as sub:
+        async with running(path) as rt:
+            rt.manager.hosts["mod-a"].set_state("temperature", 22)  # type: ignore[union-attr]
+            assert await until(lambda: f"{ROOM}/temperature" in sub.latest)
+            assert await until(lambda: f"{flaky}/ok" in sub.latest)
+            assert rt.manager.hosts["mod-f"].failures == 2  # type: ignore[union-attr]
+            assert sub.latest[f"{flaky}/connected"].endswith(b'"true"}')
+            assert ProbeDriver.loads["mod-a"] >= 1
+        connected = [m.payload for m in sub.messages if m.topic == f"{flaky}/connected"]
+        assert connected[0].endswith(b'"false"}')

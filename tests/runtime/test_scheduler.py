@@ -1,0 +1,77 @@
+"""The scheduler on a fake clock: intervals, one-shots, daily times across daylight-saving changes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from zoneinfo import ZoneInfo
+
+from runtime.clock import FakeClock
+from runtime.scheduler import Scheduler, next_daily
+
+HEL = ZoneInfo("Europe/Helsinki")
+
+
+def local(ts: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ts, HEL)
+
+
+async def test_every_and_after() -> None:
+    clock = FakeClock()
+    sched = Scheduler(clock, HEL, logging.getLogger("t"))
+    ticks: list[float] = []
+    once: list[float] = []
+    sched.every(10, lambda: ticks.append(clock.monotonic()))
+    sched.after(25, lambda: once.append(clock.monotonic()))
+    await clock.advance(35)
+    assert ticks == [10, 20, 30]
+    assert once == [25]
+    sched.clear()
+    await clock.advance(30)
+    assert ticks == [10, 20, 30]
+
+
+async def test_a_failing_job_keeps_its_schedule() -> None:
+    clock = FakeClock()
+    errors: list[BaseException] = []
+    sched = Scheduler(clock, HEL, logging.getLogger("t"), on_error=errors.append)
+    runs: list[int] = []
+
+    def job() -> None:
+        runs.append(1)
+        raise ValueError("boom")
+
+    sched.every(5, job)
+    await clock.advance(16)
+    assert len(runs) == 3 and len(errors) == 3
+
+
+def test_next_daily_across_spring_forward() -> None:
+    # 2026-03-29: Helsinki jumps from 03:00 to 04:00.
+    before = dt.datetime(2026, 3, 28, 12, 0, tzinfo=HEL).timestamp()
+    first = next_daily(before, dt.time(0, 0), HEL)
+    second = next_daily(first, dt.time(0, 0), HEL)
+    assert local(first) == dt.datetime(2026, 3, 29, 0, 0, tzinfo=HEL)
+    assert local(second) == dt.datetime(2026, 3, 30, 0, 0, tzinfo=HEL)
+    assert second - first == 23 * 3600
+    gap = next_daily(dt.datetime(2026, 3, 29, 1, 0, tzinfo=HEL).timestamp(), dt.time(3, 30), HEL)
+    assert local(gap).hour == 4 and local(gap).minute == 30  # a time that does not exist runs after the jump
+
+
+def test_next_daily_across_fall_back_runs_once() -> None:
+    # 2026-10-25: Helsinki goes back from 04:00 to 03:00, so 03:30 happens twice.
+    start = dt.datetime(2026, 10, 25, 1, 0, tzinfo=HEL).timestamp()
+    first = next_daily(start, dt.time(3, 30), HEL)
+    second = next_daily(first, dt.time(3, 30), HEL)
+    assert local(first).utcoffset() == dt.timedelta(hours=3)
+    assert second - first == 25 * 3600  # the second 03:30 of that day is skipped
+
+
+async def test_daily_job_on_fake_clock_in_site_time_zone() -> None:
+    clock = FakeClock(dt.datetime(2026, 3, 28, 23, 0, tzinfo=HEL).timestamp())
+    sched = Scheduler(clock, HEL, logging.getLogger("t"))
+    runs: list[dt.datetime] = []
+    sched.at(dt.time(0, 0), lambda: runs.append(local(clock.time())))
+    await clock.advance(72 * 3600 - 1)  # to 23:59:59 on the 31st (local time), across the jump
+    assert [r.isoformat() for r in runs] == ["2026-03-29T00:00:00+02:00", "2026-03-30T00:00:00+03:00",
+                                              "2026-03-31T00:00:00+03:00"]
