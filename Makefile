@@ -26,7 +26,7 @@ test: $(STAMP) mosquitto
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check runtime drivers tests benchmarks
+	$(BIN)/ruff check runtime drivers tests $(wildcard benchmarks)
 	$(BIN)/mypy --strict
 
 check: $(STAMP)

@@ -38,9 +38,16 @@ Actions
     later value winning.
     drop: the filter returns `DROP`.
 
-A filter returns its input object itself when nothing matched, and copies only the containers on the path
-to a replaced string. `on_action(rule, action)` is called once per replaced match and once per dropped
-event, so the runtime can count them per rule and action.
+Cost
+    Rules are compiled once; each distinct set of applicable rules shares one combined pattern for its
+    replacing rules and one for its drop rules (a rule that refers to its own groups by number is scanned
+    with its own pattern, with the same leftmost-first result). Numbers, booleans and null are never
+    scanned. The verdict on each short string is remembered in a bounded memo, so the keys and values that
+    repeat from message to message cost one dict lookup. A filter returns its input object itself when
+    nothing matched, and copies only the containers on the path to a replaced string.
+
+`on_action(rule, action)` is called once per replaced match and once per dropped event, so the runtime can
+count them per rule and action.
 """
 
 from __future__ import annotations
@@ -370,6 +377,8 @@ class _Scan:
         if type(value) in _SCALARS:
             return value
         pending = self._pending
+        if pending:
+            pending.clear()  # left over from a walk that raised (an object msgspec cannot encode)
         try:
             result = self._walk(value)
         except _Dropped as dropped:
@@ -377,11 +386,10 @@ class _Scan:
             if self._emit is not None:
                 self._emit(dropped.rule.name, "drop")
             return DROP
-        if pending:
-            if self._emit is not None:
-                for rule, action in pending:
-                    self._emit(rule, action)
-            pending.clear()
+        if pending and self._emit is not None:
+            for rule, action in pending:
+                self._emit(rule, action)
+        pending.clear()
         return result
 
     def _text(self, text: str) -> str:
