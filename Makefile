@@ -19,8 +19,14 @@ mosquitto:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto >/dev/null; }
 
+SIMULATOR := $(BIN)/python -m drivers.haltian.simulator --broker mqtt://127.0.0.1:1883 \
+	--integration sim-integration --api-key sim-key --devices 8 --rate 10 --malformed 0.01 --seed 7 --speed 60
+
 run: $(STAMP)
-	$(BIN)/python -m runtime run $(SETTINGS)
+	@echo "Demo site: watch the topics with"
+	@echo "  $(BIN)/python -c \"import paho.mqtt.subscribe as s; s.callback(lambda c,u,m: print(m.topic, m.payload.decode()), 'placeos/#', hostname='127.0.0.1')\""
+	@$(SIMULATOR) > /dev/null 2>&1 & sim=$$!; trap 'kill $$sim 2>/dev/null' EXIT INT TERM; \
+	  $(BIN)/python -m runtime run $(SETTINGS)
 
 test: $(STAMP) mosquitto
 	$(BIN)/python -m pytest -q

@@ -79,16 +79,55 @@ class Subscription(Protocol):
 class ModuleContext(Protocol):
     """Everything the runtime gives one module."""
 
-    module_id: str
-    driver_id: str
-    name: str
-    logger: ModuleLogger
-    clock: Clock
-    schedule: Scheduler
-    timezone: ZoneInfo
-    state_dir: Path
-    transports: Transports
-    metrics: DriverMetrics
+    @property
+    def module_id(self) -> str:
+        """The module's id."""
+        ...
+
+    @property
+    def driver_id(self) -> str:
+        """The driver record's id."""
+        ...
+
+    @property
+    def name(self) -> str:
+        """The module's resolved name (custom, else the driver's generic name)."""
+        ...
+
+    @property
+    def logger(self) -> ModuleLogger:
+        """A logger that puts the module id on every line."""
+        ...
+
+    @property
+    def clock(self) -> Clock:
+        """The runtime's clock."""
+        ...
+
+    @property
+    def schedule(self) -> Scheduler:
+        """The module's scheduler (cleared on unload)."""
+        ...
+
+    @property
+    def timezone(self) -> ZoneInfo:
+        """The site time zone of this module (org, overridable by zone settings)."""
+        ...
+
+    @property
+    def state_dir(self) -> Path:
+        """A per-module directory for small persistent state, created before `on_load`."""
+        ...
+
+    @property
+    def transports(self) -> Transports:
+        """Network access lent by the runtime."""
+        ...
+
+    @property
+    def metrics(self) -> DriverMetrics:
+        """Counters of the module's driver record."""
+        ...
 
     def set_state(self, key: str, value: Any) -> None:
         """Set a state key; published only when its encoded value changed, `None` clears it."""

@@ -160,7 +160,7 @@ class FakeModuleContext:
         self.tasks: list[asyncio.Task[None]] = []
         self.peers: dict[str, FakeModuleContext] = {}
         self.watchers: list[tuple[str, str, StateCallback]] = []
-        self._shared = shared or SharedServices()
+        self._shared = shared if shared is not None else SharedServices()
 
     def set_state(self, key: str, value: Any) -> None:
         """Record a state change (a value equal to the current one is ignored, as in the runtime)."""

@@ -183,7 +183,7 @@ def test_cli_check_prints_the_topic_plan(tmp_path: Path) -> None:
     plan = json.loads(result.stdout)
     assert "placeos/zone-demo/metadata/zone-demo" in plan["metadata"]
     refs = {m["ref"]: m["prefix"] for s in plan["systems"] for m in s["modules"] if s["id"] == "sys-level-2"}
-    assert refs["Sensor_2"] == "placeos/zone-demo/state/zone-hq/zone-l2/_/sys-level-2/drv-demo/Sensor/2"
+    assert refs["Sensor_2"] == "placeos/zone-demo/state/zone-hq/zone-l2/_/sys-level-2/drv-haltian/Sensor/2"
     text = run_cli("check", str(ROOT / "settings" / "demo.yaml"))
     assert text.returncode == 0 and "metadata topics" in text.stdout
 
