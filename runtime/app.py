@@ -18,7 +18,8 @@ from runtime.manager import Manager
 from runtime.metrics import Metrics
 from runtime.model import Broker, Site
 from runtime.plan import Plan, build_plan
-from runtime.publisher import Publisher, RuleSet
+from runtime.privacy import DROP, PrivacyEngine
+from runtime.publisher import Publisher
 from runtime.registry import Registry
 from runtime.settings import load_settings
 from runtime.transports import RuntimeTransports
@@ -55,8 +56,8 @@ class Runtime:
         """Read and resolve the settings file (raises `SettingsError`)."""
         return build_plan(load_settings(self.settings_path, self.env), self.registry)
 
-    def _rules_for(self, names: list[str]) -> RuleSet | None:
-        return None
+    def _count_privacy(self, rule: str, action: str) -> None:
+        self.metrics.privacy.labels(rule, action).inc()
 
     async def start(self) -> None:
         """Start brokers, publish metadata and start every module."""
@@ -69,9 +70,10 @@ class Runtime:
                 embedded = EmbeddedBroker(broker.url)
                 await embedded.start()
                 self._embedded.append(embedded)
+        privacy = PrivacyEngine(site.privacy, on_action=self._count_privacy)
         publisher = self.publisher = Publisher(
             site.org.id, site.brokers, lambda b: b.client_id or default_client_id(site, b), self.metrics,
-            self._rules_for)
+            privacy.for_rules, drop=DROP)
         publisher.set_owned(plan.prefixes(), plan.metadata)
         publisher.publish_metadata(plan.metadata, {})
         publisher.start()

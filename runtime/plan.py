@@ -16,6 +16,7 @@ from runtime import topics
 from runtime.errors import SettingsError
 from runtime.model import Site
 from runtime.payloads import encode_metadata
+from runtime.privacy import validate_privacy
 from runtime.registry import Registry
 from runtime.settings import format_path
 
@@ -293,6 +294,7 @@ def build_plan(site: Site, registry: Registry) -> Plan:
         module_plans[module.id] = ModulePlan(module.id, record.id, record.driver, resolved_names[module.id], merged,
                                              tz, bindings)
 
+    c.problems += validate_privacy(site, resolved_names)
     if c.problems:
         raise SettingsError(c.problems)
     return Plan(site, org, module_plans, systems, _metadata(site, parents, registry), tuple(c.warnings))

@@ -17,15 +17,15 @@ What is scanned
 Scopes
     `states` (state-key globs, case-sensitive fnmatch), `drivers` (driver record ids) and `modules` (module
     ids) each limit a rule; a rule with several applies where all of them admit the change. A rule with any
-    scope never applies to metadata.
+    scope never applies to metadata. An empty scope list, or a driver or module id that names nothing, is a
+    settings error: the rule would silently not apply.
 
 How rules combine
-    The rules that apply form one alternation in settings order. A string is scanned left to right: at
-    each position the first rule (in settings order) with a non-empty match there wins, that text is
-    replaced once, and the scan resumes right after it. So the leftmost match wins, a tie at the same
-    position goes to the earlier rule, the output of a hash or mask is never scanned again, and a later
-    rule's match that overlaps an earlier replacement is not replaced on its own (what is left of it is
-    scanned like any other text). Drop rules are searched separately, before anything is replaced: a
+    Each rule that applies finds its matches in a string on its own, as `re.finditer` does (empty matches
+    never count). Matches of different rules that overlap merge into one piece of text, and each piece is
+    replaced once, with the action of the earliest rule in settings order among those that matched in it
+    (a hash is then the HMAC of the whole piece). So no character of any match survives beside a
+    replacement, and a replacement is never scanned again. Drop rules are searched on their own: a
     non-empty match of a drop rule in any string (or in the state key) drops the whole event, whatever the
     other rules would have done.
 
@@ -39,19 +39,21 @@ Actions
     drop: the filter returns `DROP`.
 
 Cost
-    Rules are compiled once; each distinct set of applicable rules shares one combined pattern for its
-    replacing rules and one for its drop rules (a rule that refers to its own groups by number is scanned
-    with its own pattern, with the same leftmost-first result). Numbers, booleans and null are never
-    scanned. The verdict on each short string is remembered in a bounded memo, so the keys and values that
-    repeat from message to message cost one dict lookup. A filter returns its input object itself when
-    nothing matched, and copies only the containers on the path to a replaced string.
+    Rules are compiled once. Each distinct set of applicable rules has one combined pattern for its
+    replacing rules and one for its drop rules, which settle a string that nothing matches (the common
+    case) in one scan; only a string that matches is scanned rule by rule. (A rule that refers to its own
+    groups by number cannot join a combined pattern; its sets scan rule by rule.) Numbers, booleans and
+    null are never scanned. The verdict on each short string is remembered in a bounded memo, so the keys
+    and values that repeat from message to message cost one dict lookup. A filter returns its input object
+    itself when nothing matched, and copies only the containers on the path to a replaced string.
 
-`on_action(rule, action)` is called once per replaced match and once per dropped event, so the runtime can
+`on_action(rule, action)` is called once per replaced piece and once per dropped event, so the runtime can
 count them per rule and action.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import fnmatch
 import hashlib
@@ -164,7 +166,7 @@ def _refers_to_groups(source: str) -> bool:
 
 def _alternative(source: str) -> str | None:
     """The regex rewritten to sit inside a larger alternation: leading global flags become scoped ones."""
-    # Group numbers shift inside a combined pattern, so a regex that refers to them is scanned on its own.
+    # Group numbers shift inside a combined pattern, so a regex that refers to them cannot join one.
     if _refers_to_groups(source):
         return None
     flags, pos = "", 0
@@ -228,83 +230,52 @@ def _first_nonempty(pattern: re.Pattern[str], text: str, pos: int) -> re.Match[s
 
 
 class _Matcher:
-    """Finds and replaces the matches of an ordered list of rules: leftmost first, ties to the earlier rule."""
+    """The matches of an ordered list of rules; one combined pattern settles the common no-match case."""
 
-    __slots__ = ("_combined", "_owner", "_replace", "rules")
+    __slots__ = ("_any", "_replace", "rules")
 
     def __init__(self, rules: Sequence[_Rule], replace: Callable[[_Rule, str], str]) -> None:
         self.rules = tuple(rules)
         self._replace = replace
-        self._combined: re.Pattern[str] | None = None
-        self._owner: list[_Rule] = []
+        self._any: re.Pattern[str] | None = None
         alternatives = [rule.alternative for rule in self.rules]
         if all(alt is not None for alt in alternatives):
-            owner: list[_Rule] = [self.rules[0]]  # index 0 is never a lastindex
-            for rule in self.rules:
-                owner.extend([rule] * (1 + rule.pattern.groups))
-            try:
-                self._combined = re.compile("|".join(f"({alt})" for alt in alternatives))
-            except re.error:
-                pass  # e.g. two rules reuse a group name: scan with each pattern instead
-            else:
-                # lastindex names the group that closed last: the wrapper of the alternative that matched.
-                self._owner = owner
+            # Two rules reusing a group name cannot be combined: each pattern is asked instead.
+            with contextlib.suppress(re.error):
+                self._any = re.compile("|".join(f"(?:{alt})" for alt in alternatives))
+
+    def _nothing(self, text: str) -> bool:
+        """True when no rule can match `text` (False means: look closer)."""
+        return self._any is not None and self._any.search(text) is None
 
     def first(self, text: str) -> _Rule | None:
-        """The rule of the leftmost non-empty match in `text`, or None."""
-        if self._combined is not None:
-            found = _first_nonempty(self._combined, text, 0)
-            return None if found is None else self._owner[found.lastindex or 0]
-        best: re.Match[str] | None = None
-        best_rule: _Rule | None = None
-        for rule in self.rules:
-            found = _first_nonempty(rule.pattern, text, 0)
-            if found is not None and (best is None or found.start() < best.start()):
-                best, best_rule = found, rule
-        return best_rule
+        """The earliest rule in settings order with a non-empty match in `text`, or None."""
+        if self._nothing(text):
+            return None
+        return next((rule for rule in self.rules if _first_nonempty(rule.pattern, text, 0) is not None), None)
 
     def replace(self, text: str) -> tuple[str, list[_Rule]] | None:
-        """`text` with every match replaced and the rules that replaced, or None when nothing matched."""
-        if self._combined is None:
-            return self._scan(text)
-        if self._combined.search(text) is None:
+        """`text` with every match replaced and the rule of each replacement, or None when nothing matched."""
+        if self._nothing(text):
             return None
-        owner, replace = self._owner, self._replace
-        applied: list[_Rule] = []
-
-        def substitute(found: re.Match[str]) -> str:
-            matched = found.group()
-            if not matched:
-                return matched
-            rule = owner[found.lastindex or 0]
-            applied.append(rule)
-            return replace(rule, matched)
-
-        result = self._combined.sub(substitute, text)
-        return (result, applied) if applied else None
-
-    def _scan(self, text: str) -> tuple[str, list[_Rule]] | None:
-        """The same leftmost-first replacement, one pattern per rule."""
-        pending = [_first_nonempty(rule.pattern, text, 0) for rule in self.rules]
+        spans = sorted((found.start(), found.end(), order) for order, rule in enumerate(self.rules)
+                       for found in rule.pattern.finditer(text) if found.end() > found.start())
+        if not spans:
+            return None
         pieces: list[str] = []
         applied: list[_Rule] = []
-        pos = 0
-        while True:
-            best: re.Match[str] | None = None
-            best_rule = self.rules[0]
-            for i, rule in enumerate(self.rules):
-                found = pending[i]
-                if found is not None and found.start() < pos:
-                    found = pending[i] = _first_nonempty(rule.pattern, text, pos)
-                if found is not None and (best is None or found.start() < best.start()):
-                    best, best_rule = found, rule
-            if best is None:
-                break
-            applied.append(best_rule)
-            pieces += (text[pos:best.start()], self._replace(best_rule, best.group()))
-            pos = best.end()
-        if not applied:
-            return None
+        pos = i = 0
+        while i < len(spans):
+            start, end, order = spans[i]
+            i += 1
+            # Overlapping matches merge, so no part of any of them survives next to a replacement.
+            while i < len(spans) and spans[i][0] < end:
+                end, order = max(end, spans[i][1]), min(order, spans[i][2])
+                i += 1
+            rule = self.rules[order]
+            pieces += (text[pos:start], self._replace(rule, text[start:end]))
+            applied.append(rule)
+            pos = end
         pieces.append(text[pos:])
         return "".join(pieces), applied
 
@@ -380,7 +351,7 @@ class _Scan:
         if pending:
             pending.clear()  # left over from a walk that raised (an object msgspec cannot encode)
         try:
-            result = self._walk(value)
+            result = self._walk_dict(value) if type(value) is dict else self._walk(value)
         except _Dropped as dropped:
             pending.clear()
             if self._emit is not None:
@@ -578,7 +549,7 @@ class PrivacyEngine:
 
 
 def validate_privacy(site: Site, module_names: Mapping[str, str]) -> list[str]:
-    """Every privacy problem of a site as `path: message`; `module_names` maps module id to resolved name."""
+    """Every privacy problem of a site as `path: message` (`module_names`: module id -> resolved name)."""
     compiled, problems = _rule_problems(site.privacy)
     names = {rule.name for rule in site.privacy.rules}
     for i, broker in enumerate(site.brokers):
