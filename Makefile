@@ -22,10 +22,14 @@ mosquitto:
 SIMULATOR := $(BIN)/python -m drivers.haltian.simulator --broker mqtt://127.0.0.1:1883 \
 	--integration sim-integration --api-key sim-key --devices 8 --rate 10 --malformed 0.01 --seed 7 --speed 60
 
+EB_FAKE := $(BIN)/python -m drivers.empathic_building.fake_server --port 8089 --simulate 10
+
 run: $(STAMP)
 	@echo "Demo site: watch the topics with"
 	@echo "  $(BIN)/python -c \"import paho.mqtt.subscribe as s; s.callback(lambda c,u,m: print(m.topic, m.payload.decode()), 'placeos/#', hostname='127.0.0.1')\""
-	@$(SIMULATOR) > /dev/null 2>&1 & sim=$$!; trap 'kill $$sim 2>/dev/null' EXIT INT TERM; \
+	@$(SIMULATOR) > /dev/null 2>&1 & sim=$$!; \
+	  $(EB_FAKE) > /dev/null 2>&1 & eb=$$!; \
+	  trap 'kill $$sim $$eb 2>/dev/null' EXIT INT TERM; \
 	  $(BIN)/python -m runtime run $(SETTINGS)
 
 test: $(STAMP) mosquitto
