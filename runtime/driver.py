@@ -153,10 +153,15 @@ class ModuleContext(Protocol):
         """
         ...
 
+    async def release(self, slot: str) -> None:
+        """Let go of the shared service held in `slot` (closed when its last module lets go)."""
+        ...
+
     def subscribe(self, module: str, state: str, callback: StateCallback) -> Subscription:
         """Follow `state` of the module addressed `Name` or `Name_idx` in this module's systems.
 
         The callback gets `(state, value)` now if a value is present and on every change.
+        Raises `LookupError` when no such module is in the module's systems.
         """
         ...
 

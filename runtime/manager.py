@@ -210,9 +210,16 @@ class ModuleHost:
         self._update_connected()
         self.loaded.set()
 
+    async def release(self, slot: str) -> None:
+        """Let go of the shared service held in `slot`, if any."""
+        await self.manager.shared.release(self.module_id, slot)
+
     async def update(self, plan: ModulePlan) -> None:
         """Apply changed merged settings with `on_update` (a failure restarts the module)."""
         self.plan = plan
+        if plan.timezone != self.timezone.key:
+            self.timezone = ZoneInfo(plan.timezone)
+            self.schedule.timezone = self.timezone
         instance = self.instance
         if self.status is not Status.RUNNING or instance is None:
             return
@@ -310,26 +317,21 @@ class Manager:
                 host = self.hosts[mid] = ModuleHost(self, module)
                 host.start()
                 continue
-            if host.plan.prefixes != module.prefixes:
-                self._move(host, module.prefixes)
+            host.prefixes = module.prefixes
+            host.name = module.name
+            host.driver_id = module.driver_id
             if host.plan.settings != module.settings or host.plan.timezone != module.timezone:
                 await host.update(module)
             else:
                 host.plan = module
-        self._update_gauges()
-
-    def _move(self, host: ModuleHost, prefixes: tuple[str, ...]) -> None:
-        stale = [t for p in host.prefixes if p not in prefixes for _o, t in self.publisher.owned_state_topics(p)]
-        self.publisher.clear_topics(stale)
-        host.prefixes = prefixes
-        host.routes.clear()
-        for key, entry in host.states.items():
-            self.publisher.publish_state(host, key, entry)
+        if old is not None:
+            # Whatever moved or disappeared is cleared before it is published anew.
+            self.publisher.reconcile(self.hosts.values())
+        self.update_gauges()
 
     async def _remove(self, host: ModuleHost) -> None:
         await host.stop()
         self.hosts.pop(host.module_id, None)
-        self.publisher.clear_topics([t for p in host.prefixes for _o, t in self.publisher.owned_state_topics(p)])
 
     async def wait_loaded(self, timeout: float) -> bool:
         """Wait until every module finished its first load attempt."""
@@ -338,10 +340,11 @@ class Manager:
                 await asyncio.gather(*(h.loaded.wait() for h in self.hosts.values()))
         except TimeoutError:
             return False
-        self._update_gauges()
+        self.update_gauges()
         return True
 
-    def _update_gauges(self) -> None:
+    def update_gauges(self) -> None:
+        """Refresh the modules-by-status gauge."""
         counts = dict.fromkeys(Status, 0)
         for host in self.hosts.values():
             counts[host.status] += 1

@@ -95,20 +95,27 @@ class SessionListener:
     def on_message(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         """A message arrived on a subscribed topic."""
 
-    def on_acked(self, session: MqttSession) -> None:
-        """A QoS 1 publish was acknowledged by the broker."""
+    def on_acked(self, session: MqttSession, since: float | None) -> None:
+        """A QoS 1 publish was acknowledged; `since` is the `perf_counter` time given to `publish`."""
 
 
 class _InflightStorage(gmqtt.storage.PersistentStorage):  # type: ignore[misc]
     """gmqtt's in-flight store that also reports each acknowledgement."""
 
-    def __init__(self, on_ack: Callable[[], None]) -> None:
+    def __init__(self, on_ack: Callable[[float | None], None]) -> None:
         super().__init__()
         self._on_ack = on_ack
+        self.since: float | None = None
+        self._since: dict[int, float] = {}
+
+    def push_message(self, mid: int, raw_package: bytes) -> None:
+        super().push_message(mid, raw_package)
+        if self.since is not None:
+            self._since[mid] = self.since
 
     def remove_message_by_mid(self, mid: int) -> None:
         super().remove_message_by_mid(mid)
-        self._on_ack()
+        self._on_ack(self._since.pop(mid, None))
 
     @property
     def count(self) -> int:
@@ -207,11 +214,14 @@ class MqttSession:
         """QoS 1 publishes sent and not yet acknowledged on the current connection."""
         return self._storage.count if self._storage is not None else 0
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
-        """Hand a message to the client; False when not connected."""
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
+                since: float | None = None) -> bool:
+        """Hand a message to the client; False when not connected. `since` comes back in `on_acked`."""
         client = self._client
         if client is None or not self.connected:
             return False
+        if self._storage is not None:
+            self._storage.since = since
         try:
             client.publish(topic, payload, qos=qos, retain=retain)
         except (OSError, AttributeError, RuntimeError) as exc:
@@ -359,8 +369,8 @@ class MqttSession:
             self._log.error("%s: message handler failed on %r: %s", self.name, topic, exc, exc_info=exc)
         return 0
 
-    def _acked(self) -> None:
-        self._listener.on_acked(self)
+    def _acked(self, since: float | None) -> None:
+        self._listener.on_acked(self, since)
 
     def _set_down(self) -> None:
         self.connected = False

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from runtime import topics
@@ -69,6 +69,12 @@ class Source(Protocol):
     routes: dict[str, list[Route]]
 
 
+class StateSource(Source, Protocol):
+    """A module with its current states."""
+
+    states: dict[str, StateEntry]
+
+
 Route = tuple["Lane", tuple[str, ...], "StateFilter | None"]
 
 
@@ -83,6 +89,8 @@ class Output(SessionListener):
         self.presence = topics.presence_topic(org, client_id)
         self.current: dict[str, bytes] = {}
         self.pending: dict[str, bytes] = {}
+        self.inherited: set[str] = set()  # owned topics found retained at start, not yet set by this run
+        self.recording: set[str] | None = None
         self.times: dict[str, float] = {}
         self.swept = False
         self._scheduled = False
@@ -90,13 +98,8 @@ class Output(SessionListener):
         self._sweep: dict[str, bytes] | None = None
         self._sync_topic = ""
         self._sync_done: asyncio.Event | None = None
-        endpoint = MqttEndpoint(
-            url=broker.url.replace("embedded://", "mqtt://"), username=broker.username, password=broker.password,
-            client_id=client_id, ca_file=broker.ca_file, cert_file=broker.cert_file, key_file=broker.key_file,
-            tls_insecure=broker.tls_insecure, will=Will(self.presence, OFFLINE, qos=1, retain=True),
-            # The embedded broker (amqtt) speaks MQTT 3.1.1 only.
-            protocol="3.1.1" if broker.url.startswith("embedded://") else "5")
-        self.session = MqttSession(endpoint, self, name=f"broker {broker.name}", backoff=Backoff(cap=15.0))
+        self.session = MqttSession(self._endpoint(broker, client_id), self, name=f"broker {broker.name}",
+                                   backoff=Backoff(cap=15.0))
         self._published = metrics.published.labels(self.name)
         self._coalesced = metrics.coalesced.labels(self.name)
         self._cleared = metrics.cleared.labels(self.name)
@@ -106,11 +109,30 @@ class Output(SessionListener):
         self._connected_gauge = metrics.broker_connected.labels(self.name)
         self._reconnects = metrics.reconnects.labels(self.name)
         self._sent_latency = metrics.latency.labels(self.name, "sent")
+        self._acked_latency = metrics.latency.labels(self.name, "acked")
+
+    def _endpoint(self, broker: Broker, client_id: str) -> MqttEndpoint:
+        return MqttEndpoint(
+            url=broker.url.replace("embedded://", "mqtt://"), username=broker.username, password=broker.password,
+            client_id=client_id, ca_file=broker.ca_file, cert_file=broker.cert_file, key_file=broker.key_file,
+            tls_insecure=broker.tls_insecure, will=Will(self.presence, OFFLINE, qos=1, retain=True),
+            # The embedded broker (amqtt) speaks MQTT 3.1.1 only.
+            protocol="3.1.1" if broker.url.startswith("embedded://") else "5")
+
+    def reconfigure(self, broker: Broker, client_id: str) -> None:
+        """Apply changed broker settings; a changed endpoint reconnects."""
+        self.qos = broker.qos
+        self.max_inflight = broker.max_inflight
+        self.session.update_endpoint(self._endpoint(broker, client_id))
 
     # -- the buffer ---------------------------------------------------------------------
 
     def put(self, topic: str, payload: bytes, since: float | None = None) -> None:
         """Make `payload` the retained value of `topic` (CLEAR removes it) and queue it."""
+        if self.recording is not None:
+            self.recording.add(topic)
+        if self.inherited:
+            self.inherited.discard(topic)
         if payload:
             if self.current.get(topic) == payload:
                 return
@@ -146,15 +168,16 @@ class Output(SessionListener):
         rest: dict[str, bytes] | None = None
         items = iter(batch.items())
         for topic, payload in items:
-            if sent >= window or not session.publish(topic, payload, qos, True):
+            since = times.get(topic)
+            if sent >= window or not session.publish(topic, payload, qos, True, since):
                 if sent < window:
                     self._errors.inc()
                 rest = {topic: payload}
                 rest.update(items)
                 break
             sent += 1
-            since = times.pop(topic, None)
             if since is not None:
+                del times[topic]
                 self._sent_latency.observe(now - since)
         if rest:
             rest.update(self.pending)
@@ -200,8 +223,10 @@ class Output(SessionListener):
             self._reconnects.inc()
         self.publisher.changed.set()
 
-    def on_acked(self, session: MqttSession) -> None:
-        """Reopen the window."""
+    def on_acked(self, session: MqttSession, since: float | None) -> None:
+        """Measure, and reopen the window."""
+        if since is not None:
+            self._acked_latency.observe(time.perf_counter() - since)
         if self.pending and not self._scheduled and session.inflight <= self.max_inflight // 2:
             self._schedule()
 
@@ -241,9 +266,10 @@ class Output(SessionListener):
         self.session.unsubscribe([org_filter, self._sync_topic])
         ghosts = {t for t in found if not self.publisher.owns(self, t)}
         for topic, payload in found.items():
-            if topic not in ghosts and topic != self.presence:
+            if topic not in ghosts and topic != self.presence and topic not in self.current:
                 # Owned but not yet set in this run: keep it, and remember it so a later clear reaches it.
-                self.current.setdefault(topic, payload)
+                self.current[topic] = payload
+                self.inherited.add(topic)
         for topic in ghosts:
             self.put(topic, CLEAR)
         self.swept = True
@@ -274,19 +300,32 @@ class Publisher:
         self._owned_prefixes: set[str] = set()
         self._metadata: dict[str, dict[str, Any]] = {}
         self._state_changes = metrics.state_changes
+        self._started = False
+        self.configure(brokers, client_id, rules_for)
+
+    def configure(self, brokers: Iterable[Broker], client_id: Callable[[Broker], str],
+                  rules_for: Callable[[list[str]], RuleSet | None]) -> list[Output]:
+        """(Re)build outputs and lanes; brokers are matched by name. Returns outputs that were removed."""
+        existing = {o.name: o for o in self.outputs}
+        outputs: list[Output] = []
         groups: dict[tuple[str, tuple[str, ...]], list[Output]] = {}
-        rules: dict[tuple[str, tuple[str, ...]], RuleSet | None] = {}
         for broker in brokers:
-            out = Output(self, broker, org, client_id(broker), metrics)
-            self.outputs.append(out)
-            key = (broker.payload, tuple(broker.privacy))
-            groups.setdefault(key, []).append(out)
-            rules[key] = rules_for(list(broker.privacy))
-        for (fmt, _names), outs in groups.items():
-            self._lanes.append(Lane(fmt, rules[(fmt, _names)], outs))  # type: ignore[arg-type]
+            out = existing.pop(broker.name, None)
+            if out is None:
+                out = Output(self, broker, self.org, client_id(broker), self.metrics)
+                if self._started:
+                    out.session.start()
+            else:
+                out.reconfigure(broker, client_id(broker))
+            outputs.append(out)
+            groups.setdefault((broker.payload, tuple(broker.privacy)), []).append(out)
+        self.outputs = outputs
+        self._lanes = [Lane(fmt, rules_for(list(names)), outs) for (fmt, names), outs in groups.items()]  # type: ignore[arg-type]
+        return list(existing.values())
 
     def start(self) -> None:
         """Connect every broker."""
+        self._started = True
         for out in self.outputs:
             out.session.start()
 
@@ -358,9 +397,10 @@ class Publisher:
         source.routes[key] = built
         return built
 
-    def publish_state(self, source: Source, key: str, entry: StateEntry | None) -> None:
+    def publish_state(self, source: Source, key: str, entry: StateEntry | None, *, count: bool = True) -> None:
         """Send a state change (None clears the key's topics) to every broker."""
-        self._state_changes.inc()
+        if count:
+            self._state_changes.inc()
         route = source.routes.get(key) or self.routes(source, key)
         since = time.perf_counter()
         for lane, state_topics, scoped in route:
@@ -379,19 +419,46 @@ class Publisher:
                 for topic in state_topics:
                     out.put(topic, payload, since)
 
-    def clear_topics(self, state_topics: Iterable[str]) -> None:
-        """Clear topics on every broker (used when a module's place changes)."""
-        for out in self.outputs:
-            for topic in state_topics:
-                out.put(topic, CLEAR)
+    def reconcile(self, sources: Iterable[StateSource]) -> int:
+        """Re-render every module state through the current routes and rules; clear what moved.
 
-    def owned_state_topics(self, prefix: str) -> Iterator[tuple[Output, str]]:
-        """Retained state topics under one module prefix, per broker."""
-        start = prefix + "/"
+        Topics that are no longer produced (renamed, re-indexed or removed modules, deleted
+        systems, retagged zones, a state key that a new rule hides) are cleared, and their
+        clears are sent before the new topics. Returns how many topics were cleared.
+        """
+        before = {out: {t for t in out.current if topics.is_state_topic(self.org, t)} for out in self.outputs}
         for out in self.outputs:
-            for topic in list(out.current):
-                if topic.startswith(start) and "/" not in topic[len(start):]:
-                    yield out, topic
+            out.recording = set()
+        for source in sources:
+            source.routes.clear()
+            for key, entry in list(source.states.items()):
+                self.publish_state(source, key, entry, count=False)
+        cleared = 0
+        for out in self.outputs:
+            produced = out.recording or set()
+            out.recording = None
+            stale = {t for t in before[out] - produced
+                     if t not in out.inherited or topics.prefix_of(t) not in self._owned_prefixes}
+            for topic in stale:
+                out.inherited.discard(topic)
+                out.put(topic, CLEAR)
+            if stale:
+                # Clears go out first, so a subscriber never sees the old and the new topic at once.
+                first = {t: out.pending[t] for t in stale if t in out.pending}
+                first.update((t, p) for t, p in out.pending.items() if t not in stale)
+                out.pending = first
+            cleared += len(stale)
+        return cleared
+
+    async def remove_outputs(self, removed: Iterable[Output], timeout: float = 5.0) -> None:
+        """Clear everything a removed broker holds for this runtime, then disconnect from it."""
+        for out in removed:
+            if out.session.connected:
+                for topic in list(out.current):
+                    out.put(topic, CLEAR)
+                out.put(out.presence, OFFLINE)
+                await out.flush(timeout)
+            await out.session.stop()
 
     async def close(self, timeout: float = 5.0) -> None:
         """Announce going offline, flush, disconnect."""

@@ -53,7 +53,7 @@ class Scheduler:
     def __init__(self, clock: Clock, tz: ZoneInfo, logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
                  on_error: Callable[[BaseException], None] | None = None) -> None:
         self._clock = clock
-        self._tz = tz
+        self.timezone = tz
         self._log = logger
         self._on_error = on_error
         self._jobs: set[asyncio.Task[None]] = set()
@@ -74,7 +74,7 @@ class Scheduler:
 
     def at(self, time_of_day: dt.time, job: Job, *, tz: ZoneInfo | None = None, name: str = "at") -> ScheduledJob:
         """Run `job` every day at `time_of_day` in `tz` (default: the module's site time zone)."""
-        zone = tz or self._tz
+        zone = tz or self.timezone
 
         async def loop() -> None:
             while True:

@@ -55,6 +55,12 @@ class SharedServices:
         self._held[holder] = key
         return cast(T, await asyncio.shield(entry.ready))
 
+    async def release(self, user: str, slot: str) -> None:
+        """Let go of what `user` holds in `slot` (nothing if it holds nothing)."""
+        key = self._held.get((user, slot))
+        if key is not None:
+            await self._release((user, slot), key)
+
     async def release_all(self, user: str) -> None:
         """Let go of everything `user` holds."""
         for holder in [h for h in self._held if h[0] == user]:

@@ -195,6 +195,10 @@ class FakeModuleContext:
         """Shared services, reference counted across fake contexts that share `shared`."""
         return await self._shared.acquire(self.module_id, slot, key, factory)
 
+    async def release(self, slot: str) -> None:
+        """Let go of the shared service in `slot`."""
+        await self._shared.release(self.module_id, slot)
+
     def subscribe(self, module: str, state: str, callback: StateCallback) -> _FakeSubscription:
         """Follow a peer's state (peers are registered in `self.peers` by `Name_idx`)."""
         ref = module if "_" in module and module.rsplit("_", 1)[1].isdigit() else f"{module}_1"
@@ -207,7 +211,7 @@ class FakeModuleContext:
             callback(state, peer.states[state])
         return _FakeSubscription(peer.watchers, item)
 
-    async def release(self) -> None:
+    async def teardown(self) -> None:
         """Cancel tasks and jobs and release shared services, as the runtime does on unload."""
         self.schedule.clear()
         for task in self.tasks:

@@ -30,6 +30,11 @@ def state_topic(prefix: str, key: str) -> str:
     return f"{prefix}/{key}"
 
 
+def is_state_topic(org: str, topic: str) -> bool:
+    """True for a state topic of the org."""
+    return topic.startswith(f"{ROOT}/{org}/state/")
+
+
 def prefix_of(topic: str) -> str:
     """The module prefix of a state topic (drops the state key)."""
     return topic.rsplit("/", 1)[0]

@@ -20,6 +20,7 @@ def demo_site(url: str) -> dict[str, object]:
     return {
         "org": {"id": "org-p", "name": "Proc"},
         "brokers": [{"name": "local", "url": url, "client_id": "rt-proc"}],
+        "http": {"port": 0},
         "drivers": [{"id": "drv-demo", "name": "Demo", "driver": "demo", "settings": {"interval": 0.2}}],
         "modules": [{"id": "mod-1", "driver": "drv-demo"}],
         "systems": [{"id": "sys-1", "name": "Room", "modules": ["mod-1"]}],

@@ -87,6 +87,7 @@ def site(broker_url: str, **overrides: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "org": {"id": "org-t", "name": "Test Org", "timezone": "Europe/Helsinki"},
         "brokers": [{"name": "local", "url": broker_url, "client_id": "rt-test", "qos": 1}],
+        "http": {"host": "127.0.0.1", "port": 0, "api_keys": ["test-key"]},
         "zones": [
             {"id": "bld-1", "name": "HQ", "tags": ["building"], "parent": "org-t"},
             {"id": "lvl-2", "name": "Level 2", "tags": ["level"], "parent": "bld-1"},

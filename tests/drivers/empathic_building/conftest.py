@@ -101,7 +101,7 @@ async def make_ctx(clock: FakeClock, shared: SharedServices, tmp_path: Path) -> 
 
     yield factory
     for ctx in made:
-        await ctx.release()
+        await ctx.teardown()
     await transports.close()
 
 

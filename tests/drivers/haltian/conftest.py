@@ -78,7 +78,7 @@ class Rig:
     async def unload(self, driver: HaltianDriver, ctx: FakeModuleContext) -> None:
         """Unload a module as the runtime does."""
         await driver.on_unload()
-        await ctx.release()
+        await ctx.teardown()
         self.contexts.remove(ctx)
 
     @property
@@ -97,7 +97,7 @@ class Rig:
     async def close(self) -> None:
         """Release every module."""
         for ctx in list(self.contexts):
-            await ctx.release()
+            await ctx.teardown()
         self.contexts.clear()
         await self.transports.close()
 

@@ -75,7 +75,7 @@ class Site:
         """Unload everything."""
         for driver, ctx in self.loaded:
             await driver.on_unload()
-            await ctx.release()
+            await ctx.teardown()
         await self.transports.close()
 
 

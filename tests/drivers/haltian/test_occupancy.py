@@ -185,7 +185,7 @@ async def test_count_survives_a_crash_without_unload(rig: Rig) -> None:
     _, ctx = await rig.module("mod-door", devices=[DEV_A])
     rig.session.go_up()
     moves(rig, DEV_A, 3, 1)
-    await ctx.release()  # no on_unload: the runtime crashed
+    await ctx.teardown()  # no on_unload: the runtime crashed
     rig.contexts.remove(ctx)
     _, again = await rig.module("mod-door", devices=[DEV_A])
     assert counts(again) == (2, 3, 1)
