@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import msgspec
 
 from drivers.demo import DemoDriver
 from runtime.app import Runtime
-from runtime.driver import Driver
+from runtime.driver import Driver, command
 from runtime.registry import Registry
 
 
@@ -40,6 +41,16 @@ class ProbeDriver(Driver[ProbeSettings]):
     async def on_update(self) -> None:
         """Count updates per module."""
         ProbeDriver.updates[self.ctx.module_id] = ProbeDriver.updates.get(self.ctx.module_id, 0) + 1
+
+    @command(timeout=0.2)
+    async def echo(self, text: str, times: int = 1) -> dict[str, str]:
+        """Return the text repeated."""
+        return {"text": text * times}
+
+    @command(timeout=0.1)
+    async def slow(self) -> None:
+        """Take longer than the command timeout."""
+        await asyncio.sleep(5)
 
 
 class FlakySettings(msgspec.Struct):
