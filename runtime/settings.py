@@ -165,6 +165,13 @@ def load_document(doc: Any, env: Mapping[str, str] | None = None) -> Site:
     expanded, whole, problems = expand_env(doc, os.environ if env is None else env)
     if problems:
         raise SettingsError(problems)
+    try:
+        # Fast path: the schema is generated from these Structs, so a strict decode that
+        # succeeds means the document is valid. jsonschema runs only to explain failures
+        # (every error with its path) and to convert whole-value `${VAR}`s.
+        return msgspec.convert(expanded, Site)
+    except msgspec.ValidationError:
+        pass
     problems = _schema_errors(expanded, whole)
     if problems:
         raise SettingsError(problems)
