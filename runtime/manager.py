@@ -69,7 +69,7 @@ class ModuleHost:
         self.name = plan.name
         self.prefixes = plan.prefixes
         self.routes: dict[str, list[Route]] = {}
-        self.logger = logging.LoggerAdapter(logging.getLogger(f"module.{plan.id}"), {"module_id": plan.id})
+        self.logger = logging.LoggerAdapter(_log, {"module_id": plan.id})
         self.clock: Clock = manager.clock
         self.timezone = ZoneInfo(plan.timezone)
         self.schedule = Scheduler(self.clock, self.timezone, self.logger, on_error=self._job_failed)
