@@ -101,6 +101,8 @@ class HttpApi:
         """Prometheus text format."""
         if self.runtime.manager is not None:
             self.runtime.manager.update_gauges()
+        if self.runtime.publisher is not None:
+            self.runtime.publisher.sync_metrics()
         body = generate_latest(self.runtime.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -37,8 +37,9 @@ class Metrics:
                                  registry=r)
         self.buffer_depth = Gauge(P + "buffer_depth", "Topics waiting to be sent", ["broker"], registry=r)
         self.inflight = Gauge(P + "inflight", "QoS 1 publishes awaiting acknowledgement", ["broker"], registry=r)
-        self.latency = Histogram(P + "publish_latency_seconds", "From state set to handed to the client (stage=sent) "
-                                 "or acknowledged by the broker (stage=acked)", ["broker", "stage"],
+        self.latency = Histogram(P + "publish_latency_seconds",
+                                 "From state set to handed to the client (stage=sent) or acknowledged by the broker "
+                                 "(stage=acked); one publish in 16 is sampled", ["broker", "stage"],
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.privacy = Counter(P + "privacy_actions", "Privacy rule applications", ["rule", "action"], registry=r)
         self.modules = Gauge(P + "modules", "Modules by status", ["status"], registry=r)

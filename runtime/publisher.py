@@ -25,6 +25,7 @@ from runtime.payloads import CLEAR, OFFLINE, ONLINE, PayloadFormat, encode_metad
 
 _log = logging.getLogger("runtime.publisher")
 SWEEP_TIMEOUT = 5.0
+LATENCY_SAMPLE = 16
 
 
 class StateEntry:
@@ -92,6 +93,7 @@ class Output(SessionListener):
         self.inherited: set[str] = set()  # owned topics found retained at start, not yet set by this run
         self.recording: set[str] | None = None
         self.times: dict[str, float] = {}
+        self._sample = 0
         self.swept = False
         self._scheduled = False
         self._org = org
@@ -145,7 +147,10 @@ class Output(SessionListener):
             self._coalesced.inc()
         self.pending[topic] = payload
         if since is not None:
-            self.times.setdefault(topic, since)
+            # Latency is sampled (one publish in LATENCY_SAMPLE) to keep the hot path light.
+            self._sample += 1
+            if self._sample % LATENCY_SAMPLE == 0:
+                self.times.setdefault(topic, since)
         self._schedule()
 
     def _schedule(self) -> None:
@@ -299,7 +304,8 @@ class Publisher:
         self._drop = drop
         self._owned_prefixes: set[str] = set()
         self._metadata: dict[str, dict[str, Any]] = {}
-        self._state_changes = metrics.state_changes
+        self.state_changes = 0  # moved to the Prometheus counter at scrape time (no lock per change)
+        self._state_changes_synced = 0
         self._started = False
         self.configure(brokers, client_id, rules_for)
 
@@ -322,6 +328,13 @@ class Publisher:
         self.outputs = outputs
         self._lanes = [Lane(fmt, rules_for(list(names)), outs) for (fmt, names), outs in groups.items()]  # type: ignore[arg-type]
         return list(existing.values())
+
+    def sync_metrics(self) -> None:
+        """Bring the counters kept as plain ints into the Prometheus registry."""
+        delta = self.state_changes - self._state_changes_synced
+        if delta:
+            self.metrics.state_changes.inc(delta)
+            self._state_changes_synced = self.state_changes
 
     def start(self) -> None:
         """Connect every broker."""
@@ -400,7 +413,7 @@ class Publisher:
     def publish_state(self, source: Source, key: str, entry: StateEntry | None, *, count: bool = True) -> None:
         """Send a state change (None clears the key's topics) to every broker."""
         if count:
-            self._state_changes.inc()
+            self.state_changes += 1
         route = source.routes.get(key) or self.routes(source, key)
         since = time.perf_counter()
         for lane, state_topics, scoped in route:
