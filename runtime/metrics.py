@@ -6,13 +6,34 @@ device ids or topics. Hot paths bind label children once and keep them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.metrics_core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 P = "placeos_runtime_"
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class _Flush(Collector):
+    """Registered first: hands counts kept in plain ints on hot paths to their metrics before any is read."""
+
+    def __init__(self) -> None:
+        self.hooks: list[Callable[[], None]] = []
+
+    def collect(self) -> Iterable[Metric]:
+        """Run the hooks; yields nothing of its own."""
+        for hook in self.hooks:
+            hook()
+        return []
+
+    def describe(self) -> Iterable[Metric]:
+        """Nothing to describe."""
+        return []
 
 
 class Metrics:
@@ -20,6 +41,8 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = r = registry or CollectorRegistry(auto_describe=True)
+        self._flush = _Flush()
+        r.register(self._flush)
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
@@ -39,7 +62,8 @@ class Metrics:
         self.inflight = Gauge(P + "inflight", "QoS 1 publishes awaiting acknowledgement", ["broker"], registry=r)
         self.latency = Histogram(P + "publish_latency_seconds",
                                  "From state set to handed to the client (stage=sent) or acknowledged by the broker "
-                                 "(stage=acked); one publish in 16 is sampled", ["broker", "stage"],
+                                 "(stage=acked); one observation per batch sent, for its oldest change",
+                                 ["broker", "stage"],
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.privacy = Counter(P + "privacy_actions", "Privacy rule applications", ["rule", "action"], registry=r)
         self.modules = Gauge(P + "modules", "Modules by status", ["status"], registry=r)
@@ -53,6 +77,11 @@ class Metrics:
         self.job_errors = Counter(P + "scheduled_job_errors", "Scheduled jobs that raised", ["driver"], registry=r)
 
 
+def on_collect(metrics: Metrics, hook: Callable[[], None]) -> None:
+    """Call `hook` before every read of the metrics (to flush counts kept in plain ints)."""
+    metrics._flush.hooks.append(hook)
+
+
 class DriverCounters:
     """The `DriverMetrics` given to the modules of one driver record (children bound lazily, once)."""
 
@@ -62,13 +91,22 @@ class DriverCounters:
         self._received: dict[str, Counter] = {}
         self._errors: dict[str, Counter] = {}
         self._dropped: dict[str, Counter] = {}
+        self._unflushed: dict[str, int] = {}  # received counts not yet handed to prometheus (hot path)
+        on_collect(metrics, self.flush)
 
     def received(self, kind: str, count: int = 1) -> None:
-        """Count messages received."""
-        child = self._received.get(kind)
-        if child is None:
-            child = self._received[kind] = self._m.received.labels(self._driver, kind)
-        child.inc(count)
+        """Count messages received (added to the metric when it is read)."""
+        unflushed = self._unflushed
+        unflushed[kind] = unflushed.get(kind, 0) + count
+
+    def flush(self) -> None:
+        """Hand the received counts to prometheus."""
+        pending, self._unflushed = self._unflushed, {}
+        for kind, count in pending.items():
+            child = self._received.get(kind)
+            if child is None:
+                child = self._received[kind] = self._m.received.labels(self._driver, kind)
+            child.inc(count)
 
     def decode_error(self, kind: str, count: int = 1) -> None:
         """Count decode errors."""

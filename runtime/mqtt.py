@@ -132,6 +132,18 @@ class _Client(gmqtt.Client):  # type: ignore[misc]
         self.lost.set()
 
 
+def _varint(value: int) -> bytes:
+    """MQTT variable byte integer (remaining length)."""
+    if value < 128:
+        return bytes((value,))
+    out = bytearray()
+    while True:
+        value, digit = divmod(value, 128)
+        out.append(digit | 0x80 if value else digit)
+        if not value:
+            return bytes(out)
+
+
 def build_tls_context(endpoint: MqttEndpoint) -> ssl.SSLContext:
     """TLS context for an endpoint: verified by default, insecure only when asked."""
     context = ssl.create_default_context(cafile=endpoint.ca_file)
@@ -229,6 +241,53 @@ class MqttSession:
             client.lost.set()
             return False
         return True
+
+    def publish_batch(self, items: Iterable[tuple[str, bytes]], qos: int, retain: bool,
+                      since: float | None = None) -> int:
+        """Send PUBLISH packets encoded here, in one socket write; returns how many were handed over.
+
+        gmqtt builds each packet through a Message object and writes each one to the socket on its own;
+        this encodes them directly (packet ids from the client's own allocator, QoS 1 packets kept in the
+        in-flight storage, so acknowledgements work as for `publish`) and writes them once. `since` comes
+        back in `on_acked` for the first QoS 1 message of the batch.
+        """
+        client = self._client
+        if client is None or not self.connected:
+            return 0
+        conn = client._connection
+        proto = conn._protocol
+        v5 = proto.proto_ver == MQTTv50
+        first_byte = bytes((0x30 | (qos << 1) | int(retain),))
+        tail = b"\x00" if v5 else b""  # MQTT 5: empty properties
+        storage = self._storage
+        ids = proto.id_generator
+        parts: list[bytes] = []
+        sent = 0
+        for topic, payload in items:
+            raw_topic = topic.encode()
+            if qos:
+                try:
+                    mid = ids.next_id()
+                except OverflowError:  # every packet id in use: the caller keeps the rest pending
+                    break
+                middle = len(raw_topic).to_bytes(2, "big") + raw_topic + mid.to_bytes(2, "big") + tail
+            else:
+                middle = len(raw_topic).to_bytes(2, "big") + raw_topic + tail
+            size = len(middle) + len(payload)
+            packet = b"".join((first_byte, _varint(size), middle, payload))
+            if qos and storage is not None:
+                storage.since = since if sent == 0 else None
+                storage.push_message(mid, packet)
+            parts.append(packet)
+            sent += 1
+        if parts:
+            try:
+                conn.send_package(b"".join(parts))
+            except (OSError, AttributeError, RuntimeError) as exc:
+                self._log.warning("%s: publish failed: %s", self.name, exc)
+                client.lost.set()
+                return 0
+        return sent
 
     def subscribe(self, filters: dict[str, int]) -> None:
         """Add subscriptions (topic filter to QoS); kept across reconnects."""

@@ -273,7 +273,12 @@ class _Matcher:
                 end, order = max(end, spans[i][1]), min(order, spans[i][2])
                 i += 1
             rule = self.rules[order]
-            pieces += (text[pos:start], self._replace(rule, text[start:end]))
+            replacement = self._replace(rule, text[start:end])
+            if rule.action == "mask" and text.startswith("@", end):
+                # A masked email keeps its last label, which the `@` after it would turn into the
+                # local part of a new raw match (`a@b.cc@d.ee`): mask the piece entirely instead.
+                replacement = "****"
+            pieces += (text[pos:start], replacement)
             applied.append(rule)
             pos = end
         pieces.append(text[pos:])

@@ -11,6 +11,7 @@ out; acknowledgements reopen the window.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import uuid
@@ -25,7 +26,6 @@ from runtime.payloads import CLEAR, OFFLINE, ONLINE, PayloadFormat, encode_metad
 
 _log = logging.getLogger("runtime.publisher")
 SWEEP_TIMEOUT = 5.0
-LATENCY_SAMPLE = 16
 
 
 class StateEntry:
@@ -92,8 +92,7 @@ class Output(SessionListener):
         self.pending: dict[str, bytes] = {}
         self.inherited: set[str] = set()  # owned topics found retained at start, not yet set by this run
         self.recording: set[str] | None = None
-        self.times: dict[str, float] = {}
-        self._sample = 0
+        self._oldest: float | None = None  # when the oldest unsent change was put
         self.swept = False
         self._scheduled = False
         self._org = org
@@ -146,47 +145,46 @@ class Output(SessionListener):
         if topic in self.pending:
             self._coalesced.inc()
         self.pending[topic] = payload
-        if since is not None:
-            # Latency is sampled (one publish in LATENCY_SAMPLE) to keep the hot path light.
-            self._sample += 1
-            if self._sample % LATENCY_SAMPLE == 0:
-                self.times.setdefault(topic, since)
+        if since is not None and self._oldest is None:
+            self._oldest = since
         self._schedule()
 
     def _schedule(self) -> None:
-        if not self._scheduled and self.session.connected:
+        if not self._scheduled and self.session.connected and self._sweep is None:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self.drain)
 
     def drain(self) -> None:
         """Send what is pending, up to the in-flight window at QoS 1."""
         self._scheduled = False
-        if not self.pending or not self.session.connected:
+        if not self.pending or not self.session.connected or self._sweep is not None:
             self._depth.set(len(self.pending))
             return
-        batch, self.pending = self.pending, {}
         session, qos = self.session, self.qos
-        window = self.max_inflight - session.inflight if qos else len(batch)
-        sent = 0
+        pending = self.pending
+        window = max(0, self.max_inflight - session.inflight) if qos else len(pending)
         now = time.perf_counter()
-        times = self.times
-        rest: dict[str, bytes] | None = None
-        items = iter(batch.items())
-        for topic, payload in items:
-            since = times.get(topic)
-            if sent >= window or not session.publish(topic, payload, qos, True, since):
-                if sent < window:
-                    self._errors.inc()
-                rest = {topic: payload}
-                rest.update(items)
-                break
-            sent += 1
-            if since is not None:
-                del times[topic]
-                self._sent_latency.observe(now - since)
-        if rest:
+        oldest, self._oldest = self._oldest, None
+        items: Any
+        if window >= len(pending):
+            items, self.pending = pending.items(), {}
+        else:
+            # Take the oldest `window` topics out in place: rebuilding the rest (thousands of coalesced
+            # topics waiting for the QoS 1 window) on every acknowledgement made draining quadratic.
+            items = list(itertools.islice(pending.items(), window))
+            for topic, _payload in items:
+                del pending[topic]
+        sent = session.publish_batch(items, qos, True, oldest)
+        if sent < len(items):
+            self._errors.inc()
+            rest = dict(itertools.islice(items, sent, None))
             rest.update(self.pending)
             self.pending = rest
+        if self.pending:
+            self._oldest = oldest if oldest is not None else now
+        if sent and oldest is not None:
+            # One observation per batch (its oldest change), not one per message.
+            self._sent_latency.observe(now - oldest)
         self._published.inc(sent)
         self._depth.set(len(self.pending))
         self._inflight.set(session.inflight)
@@ -216,9 +214,11 @@ class Output(SessionListener):
         """Announce presence, republish everything, and sweep ghosts once."""
         self._connected_gauge.set(1)
         self.current[self.presence] = ONLINE
-        self.republish_all()
         if not self.swept and self._sweep is None:
+            # Sweep before sending anything: the org filter would otherwise bring every start-up publish
+            # straight back to us (tens of thousands on a large site) and delay the sweep's marker.
             self._start_sweep()
+        self.republish_all()
         self.publisher.changed.set()
 
     def on_disconnected(self, session: MqttSession, reason: str) -> None:
@@ -278,6 +278,7 @@ class Output(SessionListener):
         for topic in ghosts:
             self.put(topic, CLEAR)
         self.swept = True
+        self._schedule()  # what was set during the sweep waited for it
         if ghosts:
             _log.info("broker %s: cleared %d retained topics no longer in the settings", self.name, len(ghosts))
 

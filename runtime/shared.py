@@ -26,6 +26,7 @@ class SharedServices:
     def __init__(self) -> None:
         self._entries: dict[Hashable, _Entry] = {}
         self._held: dict[tuple[str, str], Hashable] = {}
+        self._slots: dict[str, set[tuple[str, str]]] = {}  # user -> its holders (release_all in O(1))
 
     async def acquire(self, user: str, slot: str, key: Hashable, factory: Callable[[], Awaitable[T]]) -> T:
         """The service for `key`, held by `user` in `slot` (releasing what that slot held before)."""
@@ -38,11 +39,13 @@ class SharedServices:
             entry = self._entries[key] = _Entry()
             entry.users.add(holder)
             self._held[holder] = key
+            self._slots.setdefault(user, set()).add(holder)
             try:
                 entry.service = await factory()
             except BaseException as exc:
                 del self._entries[key]
                 self._held.pop(holder, None)
+                self._slots.get(user, set()).discard(holder)
                 if isinstance(exc, Exception):
                     entry.ready.set_exception(exc)
                     entry.ready.exception()  # mark retrieved; waiting users get it re-raised
@@ -53,6 +56,7 @@ class SharedServices:
             return cast(T, entry.service)
         entry.users.add(holder)
         self._held[holder] = key
+        self._slots.setdefault(user, set()).add(holder)
         return cast(T, await asyncio.shield(entry.ready))
 
     async def release(self, user: str, slot: str) -> None:
@@ -63,8 +67,10 @@ class SharedServices:
 
     async def release_all(self, user: str) -> None:
         """Let go of everything `user` holds."""
-        for holder in [h for h in self._held if h[0] == user]:
-            await self._release(holder, self._held[holder])
+        for holder in list(self._slots.get(user, ())):
+            key = self._held.get(holder)
+            if key is not None:
+                await self._release(holder, key)
 
     def users(self, key: Hashable) -> int:
         """How many holders a service has (0 when it does not exist)."""
@@ -76,6 +82,11 @@ class SharedServices:
 
     async def _release(self, holder: tuple[str, str], key: Hashable) -> None:
         self._held.pop(holder, None)
+        slots = self._slots.get(holder[0])
+        if slots is not None:
+            slots.discard(holder)
+            if not slots:
+                del self._slots[holder[0]]
         entry = self._entries.get(key)
         if entry is None:
             return

@@ -18,6 +18,7 @@ from drivers.haltian.occupancy import LocalCounter
 SetState = Callable[[str, Any], None]
 MEAN_KEYS = tuple(s.state for s in SPECS.values() if s.combine == "mean" and s.state)
 MIN_KEYS = tuple(s.state for s in SPECS.values() if s.combine == "min" and s.state)
+_NONE: dict[str, tuple[float, Any]] = {}
 OFFLINE = "deviceOffline"
 ONLINE = "deviceOnline"
 
@@ -42,7 +43,7 @@ class RoomState:
         self.stale_after = 900.0
         self.last_heard: float | None = None
         self._held: dict[tuple[str, str], float] = {}
-        self._numbers: dict[str, dict[str, tuple[float, Any]]] = {k: {} for k in (*MEAN_KEYS, *MIN_KEYS)}
+        self._numbers: dict[str, dict[str, tuple[float, Any]]] = {}  # state key -> device -> (at, value)
         self._presence: dict[str, tuple[float, bool]] = {}
         self._occupancy: dict[str, tuple[bool, float | None]] = {}
         self._group_occupancy: tuple[bool, float | None] | None = None
@@ -134,18 +135,18 @@ class RoomState:
         if held is not None and at <= held:
             return False
         self._held[slot] = at
-        self._heard(device, at)
-        self._set_detail(device, canonical, to_detail(value))
+        self._heard(device, at, canonical, to_detail(value))
+        self._publish_devices()
         if known is None:
             return True
         spec = known.spec
         combine = spec.combine
         is_group = device == self.group
         if combine == "mean" and spec.state:
-            self._numbers[spec.state][device] = (at, value)
+            self._numbers.setdefault(spec.state, {})[device] = (at, value)
             self._publish_mean(spec.state, now)
         elif combine == "min" and spec.state:
-            self._numbers[spec.state][device] = (at, value)
+            self._numbers.setdefault(spec.state, {})[device] = (at, value)
             self._publish_min(spec.state)
         elif combine == "presence":
             present = value if isinstance(value, bool) else value > 0
@@ -189,31 +190,31 @@ class RoomState:
         elif name == ONLINE and self._offline.pop(device, None) is not None:
             self._publish_offline()
 
-    def _heard(self, device: str, at: float) -> None:
+    def _heard(self, device: str, at: float, key: str | None = None, value: Any = None) -> None:
         offline_at = self._offline.get(device)
         if offline_at is not None and at > offline_at:
             del self._offline[device]
             self._publish_offline()
-        if at > self._seen.get(device, float("-inf")):
+        newer = at > self._seen.get(device, float("-inf"))
+        if newer:
             self._seen[device] = at
-            entry = self._detail.get(device)
-            if entry is not None:
-                self._detail[device] = {**entry, "last_seen": iso(at)}
-
-    def _set_detail(self, device: str, key: str, value: Any) -> None:
         entry = self._detail.get(device)
-        if entry is not None:
-            self._detail[device] = {**entry, key: value}
-        self._publish_devices()
+        if entry is not None and (newer or key is not None):
+            entry = dict(entry)  # a new dict: published values are never changed in place
+            if newer:
+                entry["last_seen"] = iso(at)
+            if key is not None:
+                entry[key] = value
+            self._detail[device] = entry
 
     # -- publishing --------------------------------------------------------------------------
 
     def _publish_mean(self, key: str, now: float) -> None:
-        fresh = [v for at, v in self._numbers[key].values() if now - at <= self.stale_after]
+        fresh = [v for at, v in self._numbers.get(key, _NONE).values() if now - at <= self.stale_after]
         self._set(key, mean(fresh) if fresh else None)
 
     def _publish_min(self, key: str) -> None:
-        values = [v for _, v in self._numbers[key].values()]
+        values = [v for _, v in self._numbers.get(key, _NONE).values()]
         self._set(key, min(values) if values else None)
 
     def _publish_presence(self) -> None:

@@ -9,6 +9,7 @@ value type is a validation error rather than a surprise further down.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from typing import Any, Final, Literal
 
@@ -212,9 +213,24 @@ def timestamp(value: dt.datetime | None, default: float) -> float:
     return value.timestamp()
 
 
+_SECONDS: dict[int, str] = {}
+
+
 def iso(ts: float) -> str:
     """Unix seconds as ISO-8601 UTC with milliseconds and a `Z`, the form Haltian sends."""
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    # As datetime.fromtimestamp: round to microseconds (half even), then truncate to milliseconds.
+    frac, whole = math.modf(ts)
+    second, micros = int(whole), round(frac * 1e6)
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    elif micros < 0:
+        second, micros = second - 1, micros + 1_000_000
+    prefix = _SECONDS.get(second)
+    if prefix is None:
+        if len(_SECONDS) >= 4096:
+            _SECONDS.clear()
+        prefix = _SECONDS[second] = dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{prefix}.{micros // 1000:03d}Z"
 
 
 def occupancy(value: Any) -> tuple[bool, float | None] | None:

@@ -305,8 +305,12 @@ class HaltianStream(SessionListener):
             metrics.decode_error(kind)
             return
         metrics.received(kind if known is not None else "unknown_type")
+        type_name = t.type
         for sink in sinks:
-            self._call(sink, "on_measurement", device, known, t.type, at, value)
+            try:
+                sink.on_measurement(device, known, type_name, at, value)
+            except Exception as exc:  # one module's bug must not starve the other modules of this message
+                self._failed(sink, "on_measurement", exc)
 
     @staticmethod
     def _decode_unknown(type_name: str, payload: bytes, now: float) -> tuple[Any, float]:
@@ -351,10 +355,13 @@ class HaltianStream(SessionListener):
         try:
             getattr(sink, method)(*args)
         except Exception as exc:  # one module's bug must not starve the other modules of this message
-            _log.error("haltian module handler %s failed: %s", method, exc, exc_info=exc)
-            metrics = self._metrics.get(sink)
-            if metrics is not None:
-                metrics.dropped("handler_error")
+            self._failed(sink, method, exc)
+
+    def _failed(self, sink: StreamSink, method: str, exc: Exception) -> None:
+        _log.error("haltian module handler %s failed: %s", method, exc, exc_info=exc)
+        metrics = self._metrics.get(sink)
+        if metrics is not None:
+            metrics.dropped("handler_error")
 
 
 def _device_in(value: Any) -> str | None:

@@ -459,3 +459,16 @@ def test_scoped_rules_still_guard_ids_but_unattached_and_mask_rules_do_not() -> 
         "org.id: 'x@y.com' matches privacy rule 'emails' (hash); ids become topic levels, "
         "which privacy rules never rewrite",
     ]
+
+
+def test_a_masked_email_followed_by_an_at_sign_leaves_no_raw_match() -> None:
+    from runtime.model import Privacy, PrivacyRule
+    from runtime.privacy import PrivacyEngine
+
+    engine = PrivacyEngine(Privacy(rules=[PrivacyRule(name="m", match="email", action="mask")]))
+    rules = engine.for_rules(["m"])
+    assert rules is not None
+    scoped = rules.scope("d", "m", "k")
+    assert scoped is not None
+    assert scoped.apply("A@0.AA@0.AA") == "****@0.AA"
+    assert scoped.apply("x j.doe@acme.com y") == "x j***@a***.com y"

@@ -89,7 +89,10 @@ class Reference:
                 pieces.append([start, end, order])
         out, pos = [], 0
         for start, end, order in pieces:
-            out += [text[pos:start], self.replace(self.rewrites[order][0], text[start:end])]
+            rule = self.rewrites[order][0]
+            # A mask right before `@` would turn the kept last label into a new local part: fully masked.
+            masked_whole = rule.action == "mask" and text[end:end + 1] == "@"
+            out += [text[pos:start], "****" if masked_whole else self.replace(rule, text[start:end])]
             pos = end
         return "".join(out) + text[pos:]
 
