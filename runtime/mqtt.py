@@ -174,6 +174,7 @@ class MqttSession:
         self._up = asyncio.Event()
         self.connected = False
         self.reconnects = 0
+        self.receive_maximum = 65535  # the broker's limit on unacknowledged QoS 1 publishes (MQTT 5)
         self.last_error: str | None = None
         self.protocol = MQTTv50 if endpoint.protocol == "5" else MQTTv311
 
@@ -372,6 +373,7 @@ class MqttSession:
         if ep.username is not None:
             client.set_auth_credentials(ep.username, ep.password)
         client.on_message = self._on_message
+        client.on_connect = self._on_connack
         client.on_disconnect = lambda _client, *_args: _client.lost.set()
         return client
 
@@ -427,6 +429,10 @@ class MqttSession:
         except Exception as exc:  # a listener bug must not kill the connection's read loop
             self._log.error("%s: message handler failed on %r: %s", self.name, topic, exc, exc_info=exc)
         return 0
+
+    def _on_connack(self, _client: Any, _flags: int, _rc: int, properties: dict[str, Any]) -> None:
+        values = properties.get("receive_maximum")
+        self.receive_maximum = int(values[0]) if values else 65535
 
     def _acked(self, since: float | None) -> None:
         self._listener.on_acked(self, since)

@@ -162,7 +162,9 @@ class Output(SessionListener):
             return
         session, qos = self.session, self.qos
         pending = self.pending
-        window = max(0, self.max_inflight - session.inflight) if qos else len(pending)
+        # gmqtt allots packet ids up to the broker's Receive Maximum (mosquitto's default is 20).
+        limit = min(self.max_inflight, session.receive_maximum - 2)
+        window = max(0, limit - session.inflight) if qos else len(pending)
         now = time.perf_counter()
         oldest, self._oldest = self._oldest, None
         items: Any
@@ -176,7 +178,8 @@ class Output(SessionListener):
                 del pending[topic]
         sent = session.publish_batch(items, qos, True, oldest)
         if sent < len(items):
-            self._errors.inc()
+            if not session.connected:
+                self._errors.inc()
             rest = dict(itertools.islice(items, sent, None))
             rest.update(self.pending)
             self.pending = rest
@@ -232,7 +235,8 @@ class Output(SessionListener):
         """Measure, and reopen the window."""
         if since is not None:
             self._acked_latency.observe(time.perf_counter() - since)
-        if self.pending and not self._scheduled and session.inflight <= self.max_inflight // 2:
+        window = min(self.max_inflight, session.receive_maximum)
+        if self.pending and not self._scheduled and session.inflight <= window // 2:
             self._schedule()
 
     def on_message(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:

@@ -172,3 +172,24 @@ async def test_failing_module_is_retried_and_others_unaffected(broker: Mosquitto
             assert ProbeDriver.loads["mod-a"] >= 1
         connected = [m.payload for m in sub.messages if m.topic == f"{flaky}/connected"]
         assert connected[0].endswith(b'"false"}')
+
+
+async def test_a_broker_with_a_small_receive_maximum_still_gets_everything(tmp_path: Path) -> None:
+    small = Mosquitto(extra="max_inflight_messages 20\n")
+    small.config.write_text(small.config.read_text().replace("max_inflight_messages 0\n", ""))
+    small.start()
+    try:
+        path = write_settings(tmp_path / "site.yaml", site(small.url))
+        async with running(path) as rt:
+            out = rt.publisher.outputs[0]  # type: ignore[union-attr]
+            assert out.session.receive_maximum == 20
+            host = rt.manager.hosts["mod-a"]  # type: ignore[union-attr]
+            for i in range(2000):
+                host.set_state(f"k{i}", i)
+            assert await out.flush(30)
+            found = retained(small.port, f"{ROOM}/#")
+            assert len([t for t in found if "/k" in t]) == 2000
+            assert rt.metrics.registry.get_sample_value(
+                "placeos_runtime_publish_errors_total", {"broker": "local"}) == 0
+    finally:
+        small.close()
