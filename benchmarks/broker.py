@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 from benchmarks.procs import Children
+from tests.support.broker import free_port, mosquitto_binary
 
 # The default max_queued_messages (1000) drops a burst at QoS 0 for any consumer. max_inflight_messages 0
 # lifts mosquitto's per-client window of 20 unacknowledged QoS 1 messages (and the Receive Maximum of 20
 # it would advertise to MQTT 5 clients), so each client's own window is what gets measured.
 CONFIG = ("persistence false", "log_dest none", "max_queued_messages 10000000", "max_inflight_messages 0",
           "set_tcp_nodelay true")
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def mosquitto_binary() -> str:
-    """Path of the mosquitto executable."""
-    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-    if found is None:
-        raise RuntimeError("mosquitto is not installed (`make mosquitto` installs it)")
-    return found
 
 
 def mosquitto_version() -> str:
