@@ -1,0 +1,91 @@
+"""The supervised MQTT session against a fake broker that refuses: backoff per CONNACK code."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+import pytest
+
+from runtime.errors import ConnectionRefused
+from runtime.mqtt import Backoff, MqttEndpoint, MqttSession, SessionListener
+
+
+class Refuser:
+    """A TCP server answering every MQTT 3.1.1 CONNECT with a CONNACK carrying `code`."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self.attempts: list[float] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.read(1024)
+            self.attempts.append(asyncio.get_running_loop().time())
+            writer.write(bytes((0x20, 0x02, 0x00, self.code)))
+            await writer.drain()
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+
+class Recorder(SessionListener):
+    def __init__(self) -> None:
+        self.refusals: list[int] = []
+
+    def on_refused(self, session: MqttSession, error: ConnectionRefused) -> None:
+        self.refusals.append(error.code)
+
+
+async def test_server_unavailable_retries_with_growing_capped_delays(caplog: pytest.LogCaptureFixture) -> None:
+    broker = Refuser(3)
+    await broker.start()
+    listener = Recorder()
+    session = MqttSession(MqttEndpoint(f"mqtt://127.0.0.1:{broker.port}", protocol="3.1.1"), listener,
+                          name="t", backoff=Backoff(initial=0.1, cap=0.4, credentials_retry=60))
+    with caplog.at_level(logging.WARNING, logger="runtime.mqtt"):
+        session.start()
+        try:
+            for _ in range(500):
+                if len(broker.attempts) >= 5:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            await session.stop()
+            await broker.stop()
+    assert listener.refusals[:5] == [3] * 5
+    delays = [float(m.group(1)) for r in caplog.records
+              if (m := re.search(r"code 3.*retrying in ([0-9.]+) s", r.getMessage()))]
+    assert delays[:5] == [0.1, 0.2, 0.4, 0.4, 0.4]  # the policy itself, read from the log: no wall-time check
+    assert not session.connected
+
+
+@pytest.mark.parametrize("code", [4, 5])
+async def test_credential_refusal_waits_long_and_says_why(code: int, caplog: pytest.LogCaptureFixture) -> None:
+    broker = Refuser(code)
+    await broker.start()
+    session = MqttSession(MqttEndpoint(f"mqtt://127.0.0.1:{broker.port}", username="key-id", protocol="3.1.1"),
+                          Recorder(), name="t", backoff=Backoff(initial=0.01, cap=0.02, credentials_retry=60))
+    with caplog.at_level(logging.ERROR, logger="runtime.mqtt"):
+        session.start()
+        for _ in range(100):
+            if broker.attempts:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)  # a fast retry would have happened many times by now
+    attempts = len(broker.attempts)
+    await session.stop()
+    await broker.stop()
+    assert attempts == 1
+    assert any("refused the credentials of user 'key-id'" in r.getMessage() for r in caplog.records)
