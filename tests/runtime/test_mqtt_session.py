@@ -18,6 +18,7 @@ class Refuser:
     def __init__(self, code: int) -> None:
         self.code = code
         self.attempts: list[float] = []
+        self.levels: list[int] = []
         self.port = 0
         self._server: asyncio.Server | None = None
 
@@ -27,7 +28,10 @@ class Refuser:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await reader.read(1024)
+            connect = await reader.read(1024)
+            at = connect.find(b"MQTT")
+            if at >= 0:
+                self.levels.append(connect[at + 4])
             self.attempts.append(asyncio.get_running_loop().time())
             writer.write(bytes((0x20, 0x02, 0x00, self.code)))
             await writer.drain()
@@ -89,3 +93,20 @@ async def test_credential_refusal_waits_long_and_says_why(code: int, caplog: pyt
     await broker.stop()
     assert attempts == 1
     assert any("refused the credentials of user 'key-id'" in r.getMessage() for r in caplog.records)
+
+
+async def test_mqtt5_refused_falls_back_to_3_1_1() -> None:
+    broker = Refuser(1)  # "unacceptable protocol version"
+    await broker.start()
+    session = MqttSession(MqttEndpoint(f"mqtt://127.0.0.1:{broker.port}"), Recorder(), name="t",
+                          backoff=Backoff(initial=0.05, cap=0.1))
+    session.start()
+    try:
+        for _ in range(300):
+            if len(broker.levels) >= 2:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await session.stop()
+        await broker.stop()
+    assert broker.levels[:2] == [5, 4]  # MQTT 5 first, then 3.1.1
