@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 from benchmarks.procs import Children
-from tests.support.broker import free_port, mosquitto_binary
+from tests.support.broker import free_port, mosquitto_binary, wait_listening
 
 # The default max_queued_messages (1000) drops a burst at QoS 0 for any consumer. max_inflight_messages 0
 # lifts mosquitto's per-client window of 20 unacknowledged QoS 1 messages (and the Receive Maximum of 20
@@ -45,16 +43,7 @@ class Broker:
         """Start and wait until the port accepts connections."""
         proc = self._children.spawn([mosquitto_binary(), "-c", str(self.config)], name="mosquitto")
         self.pid = proc.pid
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {proc.returncode}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("mosquitto did not start listening")
+        wait_listening(proc, self.host, self.port)
 
     def stop(self) -> None:
         """Stop the broker."""

@@ -54,40 +54,22 @@ class Counter:
         """Parse every complete packet in the buffer."""
         buf = self.buf
         buf += data
-        n = len(buf)
-        i = 0
+        packets, used = mqttwire.split_packets(buf)
         acks: list[bytes] = []
         expected, ok, watch, record = self.expected, self.ok, self.watch, self.record
         count = 0
-        while n - i >= 2:
-            j = i + 1
-            length = 0
-            mult = 1
-            while j < n:
-                digit = buf[j]
-                j += 1
-                length += (digit & 127) * mult
-                if digit < 128:
-                    break
-                mult *= 128
-            else:
-                break
-            end = j + length
-            if end > n:
-                break
-            first = buf[i]
-            i = end
+        for first, body in packets:
             if first & 0xF0 != mqttwire.PUBLISH:
                 if first == mqttwire.SUBACK:
                     self.subscribed = True
                 continue
-            tlen = (buf[j] << 8) | buf[j + 1]
-            topic = bytes(buf[j + 2:j + 2 + tlen])
-            p = j + 2 + tlen
+            tlen = (body[0] << 8) | body[1]
+            topic = body[2:2 + tlen]
+            p = 2 + tlen
             if first & 0x06:
-                acks.append(bytes(buf[p:p + 2]))
+                acks.append(body[p:p + 2])
                 p += 2
-            payload = bytes(buf[p:end])
+            payload = body[p:]
             count += 1
             want = expected.get(topic)
             if want is not None:
@@ -102,7 +84,7 @@ class Counter:
                 self.watch_at = now
             if record is not None:
                 record.append((topic, payload, now))
-        del buf[:i]
+        del buf[:used]
         if count:
             self.received += count
             self.last_at = now

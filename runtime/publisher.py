@@ -222,14 +222,12 @@ class Output(SessionListener):
             # straight back to us (tens of thousands on a large site) and delay the sweep's marker.
             self._start_sweep()
         self.republish_all()
-        self.publisher.changed.set()
 
     def on_disconnected(self, session: MqttSession, reason: str) -> None:
         """Count and show the loss."""
         self._connected_gauge.set(0)
         if reason == "connection lost":
             self._reconnects.inc()
-        self.publisher.changed.set()
 
     def on_acked(self, session: MqttSession, since: float | None) -> None:
         """Measure, and reopen the window."""
@@ -303,7 +301,6 @@ class Publisher:
                  rules_for: Callable[[list[str]], RuleSet | None], drop: object = None) -> None:
         self.org = org
         self.metrics = metrics
-        self.changed = asyncio.Event()
         self.outputs: list[Output] = []
         self._lanes: list[Lane] = []
         self._drop = drop

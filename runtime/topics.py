@@ -64,11 +64,3 @@ def sync_topic(client_id: str, nonce: str) -> str:
     """A private topic (outside `placeos/`) used to know when retained messages have all arrived."""
     return f"{ROOT}-runtime-sync/{client_id}/{nonce}"
 
-
-def state_filter(org: str, levels: int, **fixed: str) -> str:
-    """A subscription filter for state topics, `+` everywhere except the named positions.
-
-    Position names: the hierarchy levels as `level0`.. and `system`, `driver`, `module`, `idx`, `state`.
-    """
-    names = [f"level{i}" for i in range(levels)] + ["system", "driver", "module", "idx", "state"]
-    return "/".join([ROOT, org, "state", *(fixed.get(n, "+") for n in names)])

@@ -17,6 +17,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_listening(proc: subprocess.Popen[bytes], host: str, port: int, timeout: float = 10.0) -> None:
+    """Wait until `proc` accepts TCP connections on host:port; raise if it exits or never listens."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"mosquitto exited with {proc.returncode}: {err}")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError("mosquitto did not start listening")
+
+
 def mosquitto_binary() -> str:
     """Path of the mosquitto executable."""
     found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
@@ -56,17 +71,7 @@ class Mosquitto:
             return
         self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.config)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise RuntimeError(f"mosquitto exited: {err}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("mosquitto did not start listening")
+        wait_listening(self.proc, self.host, self.port)
 
     def stop(self) -> None:
         """Stop the broker (its retained messages are lost: persistence is off)."""
