@@ -63,7 +63,7 @@ class EbApi:
             raise ApiError(response.status, f"GET {path}")
         try:
             return msgspec.json.decode(response.body, type=kind)
-        except msgspec.ValidationError as exc:
+        except msgspec.DecodeError as exc:  # not JSON (an HTML page) or not the expected shape
             raise ApiError(response.status, f"GET {path}: unexpected answer ({exc})") from exc
 
     async def _send(self, method: str, path: str, token: str, body: bytes | None, form: dict[str, str] | None,

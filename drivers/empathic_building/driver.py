@@ -22,6 +22,9 @@ from drivers.empathic_building.units import UnitError, measurement_state, status
 from runtime.driver import Driver, ModuleContext, command
 
 PRODUCTION_APP_KEY = "33d6c4f799c274f7e0bc"
+# Not in the vendor documents (see the README): read for names only; failures are logged and counted.
+ORGANIZATION_PATH = "/v1/organizations/{id}"
+LOCATION_PATH = "/v1/locations/{id}"
 MAX_NOTIFICATIONS = 50
 
 
@@ -87,13 +90,6 @@ def _text(value: str | int | None) -> str | None:
     return None if value is None else str(value)
 
 
-class _NoService:
-    """Held in a shared slot the module no longer uses, so the previous service is let go."""
-
-    async def close(self) -> None:
-        """Nothing to release."""
-
-
 class EmpathicBuildingDriver(Driver[EmpathicBuildingSettings]):
     """Empathic Building: sensors and organization from live updates, measurements to /v2/measurements."""
 
@@ -153,7 +149,7 @@ class EmpathicBuildingDriver(Driver[EmpathicBuildingSettings]):
             if old_hub is not None:
                 old_hub.unregister(self.ctx.module_id)
                 self._hub = None
-            await self.ctx.shared("live", ("eb-no-live",), self._no_service)
+            await self.ctx.release("live")  # the hub closes when its last module lets go
         if s.gateway:
             await self._start_gateway(account)
         self.ctx.spawn(self._check_account(account, org, loc), name="eb-account-check")
@@ -190,7 +186,7 @@ class EmpathicBuildingDriver(Driver[EmpathicBuildingSettings]):
 
     @command(timeout=30.0)
     async def send_measurements(self, measurements: list[dict[str, Any]]) -> dict[str, Any]:
-        """Validate and queue EB measurements for delivery (gateway modules)."""
+        """Validate, persist (fsync) and queue EB measurements (gateway modules); returns the counts accepted."""
         if self._gateway is None or self._gateway_task is None:
             raise SettingsProblem("this module is not a gateway (set gateway: true)")
         result = await self._gateway.submit(measurements)
@@ -230,9 +226,6 @@ class EmpathicBuildingDriver(Driver[EmpathicBuildingSettings]):
         hub.start()
         return hub
 
-    async def _no_service(self) -> _NoService:
-        return _NoService()
-
     async def _start_gateway(self, account: EbAccount) -> None:
         s = self.settings
         if self._gateway is None:
@@ -259,12 +252,20 @@ class EmpathicBuildingDriver(Driver[EmpathicBuildingSettings]):
                     await account.api.request("POST", MEASUREMENTS_PATH, body=b"[]")
                 return
             await account.tokens.token()
-            for key, ident, path in (("organization", org, "/v1/organizations/"), ("location", loc, "/v1/locations/")):
-                if ident is not None:
-                    named = await account.api.get(path + ident, Named)
-                    self.ctx.set_state(key, {"id": str(named.id), "name": named.name})
         except EmpathicBuildingError as exc:
             self.ctx.logger.warning("Empathic Building account check: %s", exc)
+            return
+        for key, ident, path in (("organization", org, ORGANIZATION_PATH), ("location", loc, LOCATION_PATH)):
+            if ident is None:
+                continue
+            try:
+                named = await account.api.get(path.format(id=ident), Named)
+            except EmpathicBuildingError as exc:
+                # Undocumented path: a 404 or an odd answer leaves the name unknown (live events may fill it in).
+                self.ctx.metrics.decode_error(f"eb_{key}")
+                self.ctx.logger.warning("could not read the %s name: %s", key, exc)
+                continue
+            self.ctx.set_state(key, {"id": str(named.id), "name": named.name})
 
     # ---- connected ----------------------------------------------------------------------------
 

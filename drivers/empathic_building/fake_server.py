@@ -14,7 +14,10 @@ It follows seed 003 and the Pusher protocol 7:
   `private-` channels, ping/pong, channel events);
 - `GET /v1/organizations/<id>`, `/v1/locations/<id>`, `/v1/locations/<id>/sensors` for names and
   the sensors of a location.
-Fault knobs (attributes) cover 5xx rates, latency, forced disconnects, close codes and token expiry.
+Fault knobs (attributes) cover 5xx rates, latency, forced disconnects, close codes and token expiry;
+`canned_answers` answers chosen paths with a fixed status and body (e.g. 404 for an endpoint that
+does not exist), and `hold_answers()` / `release_answers()` keep `/v2/measurements` requests in
+flight (stored, not yet answered) for as long as a test needs.
 
 Run it: `python -m drivers.empathic_building.fake_server --port 8089`.
 """
@@ -108,6 +111,7 @@ class FakeEmpathicBuilding:
         self.activity_timeout = 120
         self.data_as_object = False      # send `data` of pusher: events as an object, not a JSON string
         self.bad_auths = 0               # sign the next N channel auths wrongly (subscription_error follows)
+        self.canned_answers: dict[str, tuple[int, str]] = {}  # path -> (status, body) answered instead
         # Records.
         self.logins = 0
         self.refreshes = 0
@@ -120,6 +124,9 @@ class FakeEmpathicBuilding:
         self.batch_sizes: list[int] = []
         self.measurements: dict[tuple[str, str, str, int], dict[str, Any]] = {}
         self.duplicates_dropped = 0
+        self.held = 0                    # /v2/measurements requests stored but not answered yet
+        self._holding = False
+        self._answers_released = asyncio.Event()
         self.sensors: dict[int, dict[str, Any]] = {}
         self._sensor_index: dict[tuple[str, str, str], int] = {}
         self._sensor_ids = itertools.count(1)
@@ -156,6 +163,17 @@ class FakeEmpathicBuilding:
             chain.valid = False
         for access in self._access.values():
             access.chain.valid = False
+
+    def hold_answers(self) -> None:
+        """From now on, store what `/v2/measurements` receives but answer only after `release_answers`."""
+        if self._answers_released.is_set():
+            self._answers_released = asyncio.Event()
+        self._holding = True
+
+    def release_answers(self) -> None:
+        """Answer every held `/v2/measurements` request and stop holding new ones."""
+        self._holding = False
+        self._answers_released.set()
 
     async def disconnect_all(self, code: int = 4200, reason: str = "forced disconnect") -> int:
         """Close every Pusher socket with `code`; returns how many were closed."""
@@ -222,6 +240,9 @@ class FakeEmpathicBuilding:
             await asyncio.sleep(self.latency)
         if self.error_rate > 0 and self._random.random() < self.error_rate:
             return web.json_response({"error": "injected failure"}, status=503)
+        canned = self.canned_answers.get(request.path)
+        if canned is not None:
+            return web.Response(status=canned[0], text=canned[1], content_type="text/html")
         return await handler(request)  # type: ignore[no-any-return]
 
     def _issue(self, chain: _Chain) -> dict[str, Any]:
@@ -330,6 +351,13 @@ class FakeEmpathicBuilding:
             await self._store(location, item)
         if self.answer_delay > 0:
             await asyncio.sleep(self.answer_delay)
+        if self._holding:
+            released = self._answers_released
+            self.held += 1
+            try:
+                await released.wait()
+            finally:
+                self.held -= 1
         return web.json_response({"accepted": len(items)}, status=202)
 
     async def _store(self, location: str, item: Measurement) -> None:

@@ -27,6 +27,9 @@ from runtime.driver import DriverMetrics
 ORG_PREFIX = "private-organization-"
 LOCATION_PREFIX = "private-location-"
 NOTIFICATIONS = "notifications"
+# Not in the vendor documents (see the README): a failure is logged and counted, and mapping goes on
+# from EB ids and `sensor-created` events.
+SENSOR_LIST_PATH = "/v1/locations/{location}/sensors"
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 _auth_decoder = msgspec.json.Decoder(PusherAuthResponse)
 
@@ -252,8 +255,9 @@ class LiveHub:
 
     async def _list_sensors(self, location: str) -> None:
         try:
-            sensors = await self.account.api.get(f"/v1/locations/{location}/sensors", list[SensorObject])
+            sensors = await self.account.api.get(SENSOR_LIST_PATH.format(location=location), list[SensorObject])
         except EmpathicBuildingError as exc:
+            self._metrics.decode_error("eb_sensor_list")
             self._log.warning("could not list the sensors of location %s: %s", location, exc)
             return
         for sensor in sensors:

@@ -94,8 +94,6 @@ async def make_ctx(clock: FakeClock, shared: SharedServices, tmp_path: Path) -> 
         state_dir.mkdir(exist_ok=True)
         ctx = FakeModuleContext(module_id, driver_id="drv-eb", name=name, clock=clock, state_dir=state_dir,
                                 transports=transports, shared=shared)
-        # FakeModuleContext does `shared or SharedServices()`, and an empty SharedServices is falsy.
-        ctx._shared = shared
         made.append(ctx)
         return ctx
 

@@ -10,6 +10,7 @@ import pytest
 from drivers.empathic_building import EmpathicBuildingDriver, EmpathicBuildingSettings
 from drivers.empathic_building.errors import SettingsProblem
 from drivers.empathic_building.pusher import PusherEndpoint
+from runtime.shared import SharedServices
 from runtime.testing import FakeModuleContext
 from tests.drivers.empathic_building.conftest import GATEWAY_TOKEN, DriverFactory, Eb, eventually
 
@@ -85,9 +86,10 @@ async def test_modules_with_the_same_credentials_share_one_login(eb: Eb, load_dr
 
 
 async def test_on_update_is_safe_to_repeat_and_turning_live_off_closes_the_socket(
-        eb: Eb, load_driver: DriverFactory) -> None:
+        eb: Eb, load_driver: DriverFactory, shared: SharedServices) -> None:
     driver = await load_driver(eb.settings(live=True))
     await eventually(lambda: driver.ctx.connected is True)  # type: ignore[attr-defined]
+    assert len(shared) == 2  # the account and the live hub
     auths, subscriptions = len(eb.server.auth_requests), len(eb.server.subscriptions)
     await driver.on_update()
     await driver.on_update()
@@ -95,13 +97,49 @@ async def test_on_update_is_safe_to_repeat_and_turning_live_off_closes_the_socke
     assert len(eb.server.channels_of_open_sockets()) == 1
     assert (len(eb.server.auth_requests), len(eb.server.subscriptions)) == (auths, subscriptions)  # no churn
     assert [k for k, _ in driver.ctx.history].count("organization") <= 2  # type: ignore[attr-defined]
+    assert len(shared) == 2
+    # live off: the module lets go of its live slot, and the hub (its last user gone) closes the socket.
     driver.settings = settings(**eb.settings(live=False))
     await driver.on_update()
+    assert len(shared) == 1  # only the account is held; nothing stands in for the released hub
     await eventually(lambda: eb.server.channels_of_open_sockets() == [])
     await eventually(lambda: driver.ctx.connected is True)  # type: ignore[attr-defined]
+    await driver.on_update()  # repeating with live off releases nothing more and keeps the account
+    assert len(shared) == 1
+    assert driver.ctx.connected is True  # type: ignore[attr-defined]
+    # and live back on builds a new hub that subscribes again
+    driver.settings = settings(**eb.settings(live=True))
+    await driver.on_update()
+    assert len(shared) == 2
+    await eventually(lambda: driver.ctx.connected is True and len(eb.server.channels_of_open_sockets()) == 1)  # type: ignore[attr-defined]
 
 
 async def test_secrets_never_reach_state(eb: Eb, load_driver: DriverFactory) -> None:
     driver = await load_driver(eb.gateway_settings())
     await eventually(lambda: driver.ctx.connected is True)  # type: ignore[attr-defined]
     assert GATEWAY_TOKEN not in msgspec.json.encode(driver.ctx.history).decode()  # type: ignore[attr-defined]
+
+
+async def test_name_lookups_that_fail_are_logged_and_counted_and_the_module_keeps_running(
+        eb: Eb, load_driver: DriverFactory, caplog: pytest.LogCaptureFixture) -> None:
+    # The organization and location paths are not in the vendor documents: a 404 or an HTML page must not hurt.
+    eb.server.canned_answers["/v1/organizations/1"] = (404, "<html>Not Found</html>")
+    eb.server.canned_answers["/v1/locations/1"] = (200, "<html>a web page, not JSON</html>")
+    driver = await load_driver(eb.settings())
+    ctx: Any = driver.ctx
+    await eventually(lambda: ctx.metrics.counts.get(("decode_error", "eb_location")) == 1)
+    assert ctx.metrics.counts.get(("decode_error", "eb_organization")) == 1
+    assert ctx.connected is True
+    assert ctx.get_state("organization") == {"id": "1", "name": None}
+    assert ctx.get_state("location") == {"id": "1", "name": None}
+    check = next(t for t in ctx.tasks if t.get_name() == "eb-account-check")
+    assert check.done() and check.exception() is None  # a crash of a spawned task would restart the module
+    assert "could not read the organization name" in caplog.text and "HTTP 404" in caplog.text
+    assert "could not read the location name" in caplog.text
+
+
+async def test_one_failing_name_lookup_does_not_stop_the_other(eb: Eb, load_driver: DriverFactory) -> None:
+    eb.server.canned_answers["/v1/organizations/1"] = (404, "not found")
+    driver = await load_driver(eb.settings())
+    await eventually(lambda: driver.ctx.get_state("location") == {"id": "1", "name": "HQ"})
+    assert driver.ctx.get_state("organization") == {"id": "1", "name": None}

@@ -139,3 +139,19 @@ async def test_connected_follows_subscriptions(eb: Eb, load_driver: DriverFactor
     await eventually(lambda: False in seen)
     await eventually(lambda: ctx.connected is True and eb.server.subscribed_sockets == 1)
     assert seen[-1] is True
+
+
+async def test_a_missing_sensor_list_is_logged_and_counted_and_events_still_map(
+        eb: Eb, load_driver: DriverFactory, caplog: pytest.LogCaptureFixture) -> None:
+    # The sensor list path is not in the vendor documents: without it, mapping goes on from events.
+    eb.server.canned_answers["/v1/locations/1/sensors"] = (404, "<html>Not Found</html>")
+    driver = await live(eb, load_driver, ["vendor-1"])
+    ctx: Any = driver.ctx
+    await eventually(lambda: ctx.metrics.counts.get(("decode_error", "eb_sensor_list"), 0) >= 1)
+    assert "could not list the sensors of location 1" in caplog.text
+    await eb.server.push(LOC, "sensor-created", [{"id": 7, "vendor_id": "vendor-1", "type": "co2",
+                                                  "last_measurement": {"time": 1, "value": 480}}])
+    await eventually(lambda: ctx.get_state("co2") == 480)
+    await eb.server.push(LOC, "sensor-modified", [{"id": 7, "last_measurement": {"time": 2, "value": 510}}])
+    await eventually(lambda: ctx.get_state("co2") == 510)
+    assert ctx.connected is True
