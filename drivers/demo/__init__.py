@@ -9,6 +9,8 @@ import msgspec
 from runtime.driver import Driver, command
 from runtime.payloads import round2
 
+_MAX_BURST = 100_000  # the most state keys one `burst` call may set
+
 
 class DemoSettings(msgspec.Struct):
     """Settings of a demo room sensor."""
@@ -67,3 +69,12 @@ class DemoDriver(Driver[DemoSettings]):
         self.ctx.set_state("people_count", self._people)
         self.ctx.set_state("occupied", self._people > 0)
         return {"people_count": self._people}
+
+    @command(timeout=30)
+    async def burst(self, count: int, value: int = 1) -> dict[str, int]:
+        """Set state keys `burst_0` .. `burst_<count-1>` to `value` at once (for trying a burst of changes)."""
+        if not 0 <= count <= _MAX_BURST:
+            raise ValueError(f"count must be between 0 and {_MAX_BURST}")
+        for i in range(count):
+            self.ctx.set_state(f"burst_{i}", value)
+        return {"set": count}
