@@ -134,7 +134,7 @@ class ModuleHost:
     def _set(self, key: str, value: Any) -> None:
         if value is None:
             if self.states.pop(key, None) is not None:
-                self.manager.publisher.publish_state(self, key, None)
+                self.manager.publisher.state_changed(self, key)
             return
         raw = encode(value)
         entry = self.states.get(key)
@@ -142,7 +142,7 @@ class ModuleHost:
             return
         entry = StateEntry(value, raw, int(self.clock.time() * 1000))
         self.states[key] = entry
-        self.manager.publisher.publish_state(self, key, entry)
+        self.manager.publisher.state_changed(self, key)
         watchers = self.watchers.get(key)
         if watchers:
             for watch in list(watchers):

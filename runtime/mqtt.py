@@ -123,13 +123,51 @@ class _InflightStorage(gmqtt.storage.PersistentStorage):  # type: ignore[misc]
 
 
 class _Client(gmqtt.Client):  # type: ignore[misc]
-    """gmqtt client whose automatic reconnect is handed to the session's supervisor."""
+    """gmqtt client whose automatic reconnect is handed to the session's supervisor.
+
+    Incoming QoS 0/1 PUBLISH packets without MQTT 5 properties (every message of a 3.1.1 session,
+    and the common case on MQTT 5) are parsed here and handed straight to `deliver`; their PUBACKs
+    are written together once the read loop has handled the socket's data. Everything else goes
+    through gmqtt's own parser.
+    """
 
     lost: asyncio.Event
     inflight_storage: _InflightStorage
+    deliver: Callable[[str, bytes, int, bool], None]
+    _acks: list[bytes]
 
     async def reconnect(self, delay: bool = False) -> None:
         self.lost.set()
+
+    def _handle_publish_packet(self, cmd: int, raw: bytes) -> None:
+        qos = (cmd >> 1) & 3
+        v5 = self._connection_state.protocol_version >= MQTTv50
+        size = int.from_bytes(raw[:2], "big")
+        start = 2 + size
+        end = start + (2 if qos else 0) + v5
+        if qos == 2 or size == 0 or len(raw) < end or (v5 and raw[end - 1] != 0):
+            # QoS 2, a topic alias, properties or a truncated packet: gmqtt knows those.
+            super()._handle_publish_packet(cmd, raw)
+            return
+        try:
+            topic = raw[2:start].decode()
+        except UnicodeDecodeError:
+            super()._handle_publish_packet(cmd, raw)
+            return
+        if qos:
+            if not self._acks:
+                asyncio.get_running_loop().call_soon(self._send_acks, self._connection)
+            self._acks.append(b"\x40\x02" + raw[start:start + 2])
+        self.deliver(topic, raw[end:], qos, bool(cmd & 1))
+
+    def _send_acks(self, connection: Any) -> None:
+        """Write the PUBACKs gathered during one read (on the connection they belong to)."""
+        acks, self._acks = self._acks, []
+        if connection is self._connection and not self.lost.is_set():
+            try:
+                connection.send_package(b"".join(acks))
+            except (OSError, AttributeError, RuntimeError):
+                self.lost.set()
 
 
 def _varint(value: int) -> bytes:
@@ -370,6 +408,8 @@ class MqttSession:
                          logger=logging.getLogger("gmqtt"))
         client.lost = asyncio.Event()
         client.inflight_storage = storage
+        client.deliver = self._deliver
+        client._acks = []
         if ep.username is not None:
             client.set_auth_credentials(ep.username, ep.password)
         client.on_message = self._on_message
@@ -424,11 +464,14 @@ class MqttSession:
             client.subscribe(items[i:i + SUBSCRIBE_CHUNK])
 
     def _on_message(self, _client: Any, topic: str, payload: bytes, qos: int, properties: dict[str, Any]) -> int:
+        self._deliver(topic, payload, qos, bool(properties.get("retain")))
+        return 0
+
+    def _deliver(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         try:
-            self._listener.on_message(topic, payload, qos, bool(properties.get("retain")))
+            self._listener.on_message(topic, payload, qos, retain)
         except Exception as exc:  # a listener bug must not kill the connection's read loop
             self._log.error("%s: message handler failed on %r: %s", self.name, topic, exc, exc_info=exc)
-        return 0
 
     def _on_connack(self, _client: Any, _flags: int, _rc: int, properties: dict[str, Any]) -> None:
         values = properties.get("receive_maximum")

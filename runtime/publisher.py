@@ -1,11 +1,14 @@
 """The publisher: module state and metadata to every configured broker.
 
-Per broker it keeps `current` (every retained topic the runtime owns, with the exact
-bytes last sent, so a reconnect republishes them with their original `time`) and
-`pending` (topics waiting to be sent, latest value per topic: bounded by the number of
-topics, never dropping anything, counting what it coalesces). Sending is batched on
-the event loop and, at QoS 1, bounded by an in-flight window so packet ids never run
-out; acknowledgements reopen the window.
+A state change only marks (module, key) dirty; the loop renders dirty keys (privacy, payload
+format) in batches of at most `BATCH`, oldest first, and only while every connected broker has
+room, so under pressure later changes of a key coalesce into its latest value before any work
+is spent on them (state topics are latest-value by nature). Per broker it keeps `current`
+(every retained topic the runtime owns, with the exact bytes last sent, so a reconnect
+republishes them with their original `time`) and `pending` (topics waiting to be sent, latest
+value per topic: bounded by the number of topics, never dropping anything, counting what it
+coalesces). Sending is batched on the event loop and, at QoS 1, bounded by an in-flight window
+so packet ids never run out; acknowledgements reopen the window.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from runtime.payloads import CLEAR, OFFLINE, ONLINE, PayloadFormat, encode_metad
 
 _log = logging.getLogger("runtime.publisher")
 SWEEP_TIMEOUT = 5.0
+BATCH = 256
+"""Most state keys rendered per loop iteration, and the most topics a broker may have waiting before
+rendering pauses for it: beyond this a burst coalesces instead of queueing."""
 
 
 class StateEntry:
@@ -62,17 +68,12 @@ class RuleSet(Protocol):
 
 
 class Source(Protocol):
-    """What the publisher needs to know of a module."""
+    """What the publisher needs to know of a module: its topics, cached routes and current states."""
 
     module_id: str
     driver_id: str
     prefixes: tuple[str, ...]
     routes: dict[str, list[Route]]
-
-
-class StateSource(Source, Protocol):
-    """A module with its current states."""
-
     states: dict[str, StateEntry]
 
 
@@ -191,6 +192,8 @@ class Output(SessionListener):
         self._published.inc(sent)
         self._depth.set(len(self.pending))
         self._inflight.set(session.inflight)
+        if len(self.pending) < BATCH:
+            self.publisher.resume()
 
     def republish_all(self) -> None:
         """Queue every owned topic again (after a reconnect the broker may have lost them)."""
@@ -203,6 +206,7 @@ class Output(SessionListener):
         """Wait until nothing is pending or in flight; False on timeout."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            self.publisher.render_all()
             if not self.session.connected:
                 return False
             if not self.pending and self.session.inflight == 0:
@@ -309,6 +313,9 @@ class Publisher:
         self.state_changes = 0  # moved to the Prometheus counter at scrape time (no lock per change)
         self._state_changes_synced = 0
         self._started = False
+        self._dirty: dict[tuple[Source, str], None] = {}  # insertion-ordered: oldest change first
+        self._since = 0.0  # when the oldest dirty key changed
+        self._flush_scheduled = False
         self.configure(brokers, client_id, rules_for)
 
     def configure(self, brokers: Iterable[Broker], client_id: Callable[[Broker], str],
@@ -412,12 +419,56 @@ class Publisher:
         source.routes[key] = built
         return built
 
-    def publish_state(self, source: Source, key: str, entry: StateEntry | None, *, count: bool = True) -> None:
-        """Send a state change (None clears the key's topics) to every broker."""
-        if count:
-            self.state_changes += 1
+    def state_changed(self, source: Source, key: str) -> None:
+        """Queue a changed (or cleared) state key for every broker; its latest value is rendered on its turn."""
+        self.state_changes += 1
+        dirty = self._dirty
+        if not dirty:
+            self._since = time.perf_counter()
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+        dirty[(source, key)] = None
+
+    def resume(self) -> None:
+        """A broker has room again: render what waits."""
+        if self._dirty and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        dirty = self._dirty
+        if not dirty:
+            return
+        room = BATCH
+        for out in self.outputs:
+            if out.session.connected and out.swept:
+                room = min(room, BATCH - len(out.pending))
+        if room <= 0:
+            return  # the fullest broker's drain calls resume()
+        since = self._since
+        if room >= len(dirty):
+            batch: Iterable[tuple[Source, str]] = dirty
+            self._dirty = {}
+        else:
+            batch = list(itertools.islice(dirty, room))
+            for item in batch:
+                del dirty[item]
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        for source, key in batch:
+            self._render(source, key, source.states.get(key), since)
+
+    def render_all(self) -> None:
+        """Render every dirty key now (before a flush or shutdown)."""
+        dirty, self._dirty = self._dirty, {}
+        since = self._since
+        for source, key in dirty:
+            self._render(source, key, source.states.get(key), since)
+
+    def _render(self, source: Source, key: str, entry: StateEntry | None, since: float) -> None:
         route = source.routes.get(key) or self.routes(source, key)
-        since = time.perf_counter()
         for lane, state_topics, scoped in route:
             if entry is None:
                 payload = CLEAR
@@ -434,7 +485,7 @@ class Publisher:
                 for topic in state_topics:
                     out.put(topic, payload, since)
 
-    def reconcile(self, sources: Iterable[StateSource]) -> int:
+    def reconcile(self, sources: Iterable[Source]) -> int:
         """Re-render every module state through the current routes and rules; clear what moved.
 
         Topics that are no longer produced (renamed, re-indexed or removed modules, deleted
@@ -444,10 +495,13 @@ class Publisher:
         before = {out: {t for t in out.current if topics.is_state_topic(self.org, t)} for out in self.outputs}
         for out in self.outputs:
             out.recording = set()
+        # Every current state is rendered below; what is dirty may belong to a module that is gone.
+        self._dirty.clear()
+        since = time.perf_counter()
         for source in sources:
             source.routes.clear()
             for key, entry in list(source.states.items()):
-                self.publish_state(source, key, entry, count=False)
+                self._render(source, key, entry, since)
         cleared = 0
         for out in self.outputs:
             produced = out.recording or set()
@@ -477,6 +531,7 @@ class Publisher:
 
     async def close(self, timeout: float = 5.0) -> None:
         """Announce going offline, flush, disconnect."""
+        self.render_all()
         for out in self.outputs:
             if out.session.connected:
                 out.put(out.presence, OFFLINE)

@@ -193,3 +193,51 @@ async def test_a_broker_with_a_small_receive_maximum_still_gets_everything(tmp_p
                 "placeos_runtime_publish_errors_total", {"broker": "local"}) == 0
     finally:
         small.close()
+
+
+async def test_a_burst_coalesces_to_the_latest_value_per_topic(broker: Mosquitto, tmp_path: Path) -> None:
+    path = write_settings(tmp_path / "site.yaml", site(broker.url))
+    with Subscriber(broker.port, f"{ROOM}/#") as sub:
+        async with running(path) as rt:
+            out = rt.publisher.outputs[0]  # type: ignore[union-attr]
+            await out.flush(5)
+            before = rt.publisher.state_changes  # type: ignore[union-attr]
+            host = rt.manager.hosts["mod-a"]  # type: ignore[union-attr]
+            # Five values per key without yielding: far more than one render batch.
+            for rnd in range(5):
+                for i in range(1000):
+                    host.set_state(f"b{i}", rnd * 1000 + i)
+            assert rt.publisher.state_changes - before == 5000  # type: ignore[union-attr]
+            assert await out.flush(30)
+            assert sub.wait_for(lambda s: sum(1 for t in s.latest if t.startswith(f"{ROOM}/b")) == 1000)
+            sub.wait_quiet(0.3)
+    burst = [m for m in sub.messages if m.topic.startswith(f"{ROOM}/b")]
+    assert len(burst) == 1000  # every topic once, with its latest value
+    for i in range(1000):
+        assert sub.latest[f"{ROOM}/b{i}"].endswith(b'"value":"%d"}' % (4000 + i))
+
+
+async def test_changes_under_a_full_window_wait_and_coalesce(tmp_path: Path) -> None:
+    small = Mosquitto(extra="max_inflight_messages 20\n")
+    small.config.write_text(small.config.read_text().replace("max_inflight_messages 0\n", ""))
+    small.start()
+    try:
+        path = write_settings(tmp_path / "site.yaml", site(small.url))
+        async with running(path) as rt:
+            out = rt.publisher.outputs[0]  # type: ignore[union-attr]
+            await out.flush(5)
+            host = rt.manager.hosts["mod-a"]  # type: ignore[union-attr]
+            for i in range(3000):
+                host.set_state(f"w{i}", i)
+            await asyncio.sleep(0.05)
+            # The broker's window is 20: rendering stops once one batch waits, the rest stays coalescible.
+            assert 0 < len(out.pending) <= 256
+            for i in range(3000):
+                host.set_state(f"w{i}", -i)
+            assert await out.flush(30)
+            found = retained(small.port, f"{ROOM}/#")
+            values = {t.rsplit("/", 1)[1]: p for t, p in found.items() if t.startswith(f"{ROOM}/w")}
+            assert len(values) == 3000
+            assert all(p.endswith(b'"value":"%d"}' % -int(k[1:])) for k, p in values.items())
+    finally:
+        small.close()
