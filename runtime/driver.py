@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, get_type_hints
 from zoneinfo import ZoneInfo
@@ -22,7 +22,7 @@ import msgspec
 
 from runtime.clock import Clock
 from runtime.errors import CommandArgumentsError, UnknownCommand
-from runtime.mqtt import MqttEndpoint, MqttSession, SessionListener
+from runtime.mqtt import MqttEndpoint, SessionListener
 from runtime.scheduler import Scheduler
 
 S = TypeVar("S", bound=msgspec.Struct)
@@ -55,10 +55,57 @@ class DriverMetrics(Protocol):
         ...
 
 
+class MqttSessionHandle(Protocol):
+    """What a driver may do with an MQTT session lent by `Transports` (`MqttSession` or a test fake)."""
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection is up."""
+        ...
+
+    @property
+    def inflight(self) -> int:
+        """QoS 1 publishes sent and not yet acknowledged on the current connection."""
+        ...
+
+    @property
+    def subscriptions(self) -> dict[str, int]:
+        """The desired subscriptions (topic filter to QoS)."""
+        ...
+
+    def start(self) -> None:
+        """Start connecting in the background."""
+        ...
+
+    async def stop(self, *, graceful: bool = True) -> None:
+        """Stop and disconnect."""
+        ...
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        """Wait until connected; False on timeout."""
+        ...
+
+    def update_endpoint(self, endpoint: MqttEndpoint) -> None:
+        """Use new settings: reconnects when they differ."""
+        ...
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
+        """Send a message; False when not connected."""
+        ...
+
+    def subscribe(self, filters: dict[str, int]) -> None:
+        """Add subscriptions (topic filter to QoS); kept across reconnects."""
+        ...
+
+    def unsubscribe(self, filters: Iterable[str]) -> None:
+        """Remove subscriptions."""
+        ...
+
+
 class Transports(Protocol):
     """Network access the runtime lends to drivers; drivers never open sockets themselves."""
 
-    def mqtt(self, endpoint: MqttEndpoint, listener: SessionListener, *, name: str) -> MqttSession:
+    def mqtt(self, endpoint: MqttEndpoint, listener: SessionListener, *, name: str) -> MqttSessionHandle:
         """A supervised MQTT session (reconnects with backoff, renews subscriptions)."""
         ...
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +55,12 @@ def test_unset_variable_is_named() -> None:
 
 
 BAD: list[tuple[str, Any, str]] = []
+Breakage = Callable[[dict[str, Any]], None]
 
 
-def bad(name: str, expected: str) -> Any:
-    def register(fn: Any) -> Any:
+def bad(name: str, expected: str) -> Callable[[Breakage], Breakage]:
+    """Register the document `fn` breaks, with the problem it should be reported as."""
+    def register(fn: Breakage) -> Breakage:
         doc = site(URL)
         fn(doc)
         BAD.append((name, doc, expected))

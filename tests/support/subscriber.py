@@ -45,10 +45,11 @@ class Subscriber:
                 raise TimeoutError("subscription not acknowledged")
 
     def _on_message(self, _client: Any, _userdata: Any, msg: paho.MQTTMessage) -> None:
+        payload = bytes(msg.payload)  # typed `bytes | bytearray`; paho hands over bytes, so this is the same object
         with self._lock:
-            self.messages.append(Received(msg.topic, msg.payload, bool(msg.retain)))
-            if msg.payload:
-                self.latest[msg.topic] = msg.payload
+            self.messages.append(Received(msg.topic, payload, bool(msg.retain)))
+            if payload:
+                self.latest[msg.topic] = payload
             else:
                 self.latest.pop(msg.topic, None)
             self._lock.notify_all()

@@ -63,8 +63,7 @@ class Rig:
         state_dir.mkdir(parents=True, exist_ok=True)
         ctx = FakeModuleContext(module_id, driver_id="drv-haltian", clock=self.clock, timezone=self.timezone,
                                 state_dir=state_dir, transports=self.transports, shared=self.shared)
-        # FakeModuleContext's attributes are narrower than the protocol's (mutable protocol members are invariant).
-        driver = HaltianDriver(ctx, msgspec.convert({**BASE, **settings}, HaltianSettings))  # type: ignore[arg-type]
+        driver = HaltianDriver(ctx, msgspec.convert({**BASE, **settings}, HaltianSettings))
         await driver.on_load()
         await driver.on_update()
         self.contexts.append(ctx)

@@ -65,7 +65,7 @@ class Site:
         state_dir.mkdir(parents=True, exist_ok=True)
         ctx = FakeModuleContext(module_id, clock=self.clock, state_dir=state_dir,  # type: ignore[arg-type]
                                 transports=self.transports, shared=self.shared)  # type: ignore[arg-type]
-        driver = HaltianDriver(ctx, msgspec.convert(settings, HaltianSettings))  # type: ignore[arg-type]
+        driver = HaltianDriver(ctx, msgspec.convert(settings, HaltianSettings))
         await driver.on_load()
         await driver.on_update()
         self.loaded.append((driver, ctx))
