@@ -6,7 +6,16 @@ import asyncio
 import heapq
 import itertools
 import time
+from collections.abc import Callable
 from typing import Protocol
+
+
+class Timer(Protocol):
+    """A pending callback; `cancel()` stops it."""
+
+    def cancel(self) -> None:
+        """Do not run the callback."""
+        ...
 
 
 class Clock(Protocol):
@@ -22,6 +31,10 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None:
         """Sleep for `seconds` of this clock's time."""
+        ...
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer:
+        """Run `callback` on the event loop after `seconds` of this clock's time."""
         ...
 
 
@@ -40,6 +53,24 @@ class SystemClock:
         """Sleep on the event loop."""
         await asyncio.sleep(max(0.0, seconds))
 
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer:
+        """A timer on the event loop (no task, no coroutine: cheap enough for one per module)."""
+        return asyncio.get_running_loop().call_later(max(0.0, seconds), callback)
+
+
+class _FakeTimer:
+    """A callback due at a fake monotonic time."""
+
+    __slots__ = ("callback", "cancelled")
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Do not run the callback."""
+        self.cancelled = True
+
 
 class FakeClock:
     """A clock that only moves when a test calls `advance`; sleepers wake in time order."""
@@ -47,7 +78,7 @@ class FakeClock:
     def __init__(self, start: float = 1_767_225_600.0) -> None:
         self._now = start
         self._mono = 0.0
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._sleepers: list[tuple[float, int, asyncio.Future[None] | _FakeTimer]] = []
         self._seq = itertools.count()
 
     def time(self) -> float:
@@ -64,22 +95,31 @@ class FakeClock:
         heapq.heappush(self._sleepers, (self._mono + max(0.0, seconds), next(self._seq), fut))
         await fut
 
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer:
+        """Run `callback` once the fake time has advanced by `seconds`."""
+        timer = _FakeTimer(callback)
+        heapq.heappush(self._sleepers, (self._mono + max(0.0, seconds), next(self._seq), timer))
+        return timer
+
     @property
     def sleepers(self) -> int:
-        """How many sleeps are waiting."""
-        return sum(1 for _, _, f in self._sleepers if not f.done())
+        """How many sleeps and timers are waiting."""
+        return sum(1 for _, _, f in self._sleepers if not (f.cancelled if isinstance(f, _FakeTimer) else f.done()))
 
     async def advance(self, seconds: float) -> None:
         """Move time forward, waking each sleeper at its due time and letting it run."""
         target = self._mono + seconds
         await _settle()
         while self._sleepers and self._sleepers[0][0] <= target:
-            due, _, fut = heapq.heappop(self._sleepers)
-            if fut.done():
+            due, _, waiter = heapq.heappop(self._sleepers)
+            if waiter.cancelled if isinstance(waiter, _FakeTimer) else waiter.done():
                 continue
             self._now += due - self._mono
             self._mono = due
-            fut.set_result(None)
+            if isinstance(waiter, _FakeTimer):
+                waiter.callback()
+            else:
+                waiter.set_result(None)
             await _settle()
         self._now += target - self._mono
         self._mono = target

@@ -85,9 +85,10 @@ class ModuleHost:
         self.instance: Driver[Any] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._watches: list[_Watch] = []
-        self._crash: asyncio.Future[BaseException] | None = None
+        self._crash: BaseException | None = None  # a failure while an attempt is in progress
+        self._delay = manager.backoff_initial
+        self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
-        self.loaded = asyncio.Event()
 
     # -- ModuleContext --------------------------------------------------------------------
 
@@ -162,38 +163,65 @@ class ModuleHost:
         if task.cancelled():
             return
         exc = task.exception()
-        if exc is not None and self._crash is not None and not self._crash.done():
-            self._crash.set_result(exc)
+        if exc is not None:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        """A module task or `on_update` failed: unload and load again after the backoff."""
+        if self._supervisor is not None:
+            # Loading (or already recovering): the attempt in progress takes the failure into account.
+            if self._crash is None:
+                self._crash = exc
+            return
+        if self.status is not Status.RUNNING or self._stopping:
+            return
+        self._supervisor = asyncio.create_task(self._attempt(exc), name=f"module:{self.module_id}")
 
     def _job_failed(self, exc: BaseException) -> None:
         self.manager.metrics.job_errors.labels(self.driver_id).inc()
 
     def start(self) -> None:
-        """Start the supervisor."""
-        self._supervisor = asyncio.create_task(self._supervise(), name=f"module:{self.module_id}")
+        """Start loading; failures are retried with backoff."""
+        self._supervisor = asyncio.create_task(self._attempt(None), name=f"module:{self.module_id}")
 
-    async def _supervise(self) -> None:
-        delay = self.manager.backoff_initial
-        while True:
-            self._crash = asyncio.get_running_loop().create_future()
-            try:
-                await self._load()
-                delay = self.manager.backoff_initial
-                failure = await self._crash
-                raise DriverError(f"task crashed: {failure!r}") from failure
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.failures += 1
-                self.status = Status.FAILED
-                self.manager.metrics.module_restarts.labels(self.driver_id).inc()
-                self.logger.error("module failed: %s; retrying in %.1f s", exc, delay,
-                                  exc_info=exc if not isinstance(exc, DriverError) else None)
-                self._update_connected()
-                self.loaded.set()
-                await self._teardown()
-                await self.clock.sleep(delay)
-                delay = min(self.manager.backoff_cap, delay * 2)
+    async def _attempt(self, failure: BaseException | None) -> None:
+        """Load until it works, backing off after each failure. No task is left while the module runs."""
+        try:
+            while True:
+                if failure is not None:
+                    await self._failed(failure)
+                    failure = None
+                self._crash = None
+                try:
+                    await self._load()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    failure = exc
+                    continue
+                self._delay = self.manager.backoff_initial
+                if self._crash is None:
+                    return
+                failure = self._crash
+        finally:
+            if self._supervisor is asyncio.current_task():
+                self._supervisor = None
+
+    async def _failed(self, failure: BaseException) -> None:
+        exc = failure if self.status is Status.LOADING else DriverError(f"task crashed: {failure!r}")
+        if self.status is not Status.LOADING:
+            exc.__cause__ = failure
+        delay = self._delay
+        self.failures += 1
+        self.status = Status.FAILED
+        self.manager.metrics.module_restarts.labels(self.driver_id).inc()
+        self.logger.error("module failed: %s; retrying in %.1f s", exc, delay,
+                          exc_info=exc if not isinstance(exc, DriverError) else None)
+        self._update_connected()
+        self.manager.first_attempt_done(self)
+        await self._teardown()
+        await self.clock.sleep(delay)
+        self._delay = min(self.manager.backoff_cap, delay * 2)
 
     async def _load(self) -> None:
         self.status = Status.LOADING
@@ -208,7 +236,7 @@ class ModuleHost:
             await self.instance.on_update()
         self.status = Status.RUNNING
         self._update_connected()
-        self.loaded.set()
+        self.manager.first_attempt_done(self)
 
     async def release(self, slot: str) -> None:
         """Let go of the shared service held in `slot`, if any."""
@@ -229,8 +257,7 @@ class ModuleHost:
             async with asyncio.timeout(self.manager.load_timeout):
                 await instance.on_update()
         except Exception as exc:
-            if self._crash is not None and not self._crash.done():
-                self._crash.set_result(exc)
+            self._fail(exc)
 
     async def _teardown(self) -> None:
         instance, self.instance = self.instance, None
@@ -253,6 +280,7 @@ class ModuleHost:
 
     async def stop(self) -> None:
         """Stop the supervisor and unload."""
+        self._stopping = True
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -282,6 +310,17 @@ class Manager:
         self.load_timeout = load_timeout
         self.unload_timeout = unload_timeout
         self._counters: dict[str, DriverCounters] = {}
+        self._first_load: set[ModuleHost] = set()  # hosts whose first load attempt has not finished
+        self._first_loads_done = asyncio.Event()
+        self._first_loads_done.set()
+
+    def first_attempt_done(self, host: ModuleHost) -> None:
+        """A module finished a load attempt (it runs, or it failed and will be retried)."""
+        first = self._first_load
+        if host in first:
+            first.discard(host)
+            if not first:
+                self._first_loads_done.set()
 
     def driver_counters(self, driver_id: str) -> DriverCounters:
         """The metrics of one driver record."""
@@ -315,6 +354,8 @@ class Manager:
                 if host is not None:
                     await self._remove(host)
                 host = self.hosts[mid] = ModuleHost(self, module)
+                self._first_load.add(host)
+                self._first_loads_done.clear()
                 host.start()
                 continue
             host.prefixes = module.prefixes
@@ -332,12 +373,13 @@ class Manager:
     async def _remove(self, host: ModuleHost) -> None:
         await host.stop()
         self.hosts.pop(host.module_id, None)
+        self.first_attempt_done(host)
 
     async def wait_loaded(self, timeout: float) -> bool:
         """Wait until every module finished its first load attempt."""
         try:
             async with asyncio.timeout(timeout):
-                await asyncio.gather(*(h.loaded.wait() for h in self.hosts.values()))
+                await self._first_loads_done.wait()
         except TimeoutError:
             return False
         self.update_gauges()

@@ -75,3 +75,37 @@ async def test_daily_job_on_fake_clock_in_site_time_zone() -> None:
     await clock.advance(72 * 3600 - 1)  # to 23:59:59 on the 31st (local time), across the jump
     assert [r.isoformat() for r in runs] == ["2026-03-29T00:00:00+02:00", "2026-03-30T00:00:00+03:00",
                                               "2026-03-31T00:00:00+03:00"]
+
+
+async def test_async_jobs_and_cancelling() -> None:
+    clock = FakeClock()
+    sched = Scheduler(clock, HEL, logging.getLogger("t"))
+    starts: list[float] = []
+
+    async def slow() -> None:
+        starts.append(clock.monotonic())
+        await clock.sleep(4)
+
+    sched.every(10, slow)
+    once = sched.after(5, lambda: starts.append(-1.0))
+    dropped = sched.after(7, lambda: starts.append(-2.0))
+    dropped.cancel()
+    await clock.advance(40)
+    # The period starts when the previous run ends: 10, 24, 38.
+    assert starts == [-1.0, 10, 24, 38]
+    assert not once.active and not dropped.active
+    sched.clear()  # cancels the run in progress too
+    await clock.advance(40)
+    assert starts == [-1.0, 10, 24, 38]
+    assert clock.sleepers == 0
+
+
+async def test_immediately_runs_without_the_clock_moving() -> None:
+    clock = FakeClock()
+    sched = Scheduler(clock, HEL, logging.getLogger("t"))
+    runs: list[float] = []
+    sched.every(60, lambda: runs.append(clock.monotonic()), immediately=True)
+    await clock.advance(0)
+    assert runs == [0]
+    await clock.advance(60)
+    assert runs == [0, 60]

@@ -52,6 +52,15 @@ class ProbeDriver(Driver[ProbeSettings]):
         """Take longer than the command timeout."""
         await asyncio.sleep(5)
 
+    @command(timeout=1.0)
+    async def crash(self) -> None:
+        """Start a module task that fails (the runtime restarts the module)."""
+
+        async def fail() -> None:
+            raise RuntimeError("task fails on purpose")
+
+        self.ctx.spawn(fail(), name="doomed")
+
 
 class FlakySettings(msgspec.Struct):
     """Settings of the flaky driver."""
