@@ -58,7 +58,8 @@ class Metrics:
         self.cleared = Counter(P + "retained_cleared", "Retained topics cleared", ["broker"], registry=r)
         self.coalesced = Counter(P + "coalesced", "Updates replaced by a newer one before sending", ["broker"],
                                  registry=r)
-        self.buffer_depth = Gauge(P + "buffer_depth", "Topics waiting to be sent", ["broker"], registry=r)
+        self.buffer_depth = Gauge(P + "buffer_depth", "Topics waiting to be sent, and changed state keys not yet "
+                                  "rendered for them", ["broker"], registry=r)
         self.inflight = Gauge(P + "inflight", "QoS 1 publishes awaiting acknowledgement", ["broker"], registry=r)
         self.latency = Histogram(P + "publish_latency_seconds",
                                  "From state set to handed to the client (stage=sent) or acknowledged by the broker "

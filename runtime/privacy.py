@@ -305,8 +305,8 @@ class _Verdict:
 
 _CLEAN: Final = _Verdict(None, "", ())  # a string no rule touches
 
-# Strings repeat (dict keys, device names, states), so verdicts of short ones are remembered; the memo is
-# emptied when full rather than tracked per entry, which keeps a hit to one dict lookup.
+# Strings repeat (dict keys, device names, states), so verdicts of short ones are remembered in two
+# generations rather than tracked per entry, which keeps a hit to one dict lookup.
 _MEMO_SIZE: Final = 4096
 _MEMO_MAX_LENGTH: Final = 256
 
@@ -320,7 +320,7 @@ class _Dropped(Exception):
 class _Scan:
     """Drop detection and replacement over whole values, for one ordered set of rules."""
 
-    __slots__ = ("_drops", "_emit", "_memo", "_pending", "_rewrites")
+    __slots__ = ("_drops", "_emit", "_memo", "_older", "_pending", "_rewrites")
 
     def __init__(self, rules: Sequence[_Rule], replace: Callable[[_Rule, str], str], emit: OnAction | None) -> None:
         drops = [rule for rule in rules if rule.action == "drop"]
@@ -329,12 +329,17 @@ class _Scan:
         self._rewrites = _Matcher(rewrites, replace) if rewrites else None
         self._emit = emit
         self._memo: dict[str, _Verdict] = {}
+        self._older: dict[str, _Verdict] = {}  # the memo before it last filled up
         self._pending: list[tuple[str, str]] = []  # actions of the value being filtered, counted if it is not dropped
 
     def verdict(self, text: str) -> _Verdict:
         """What the rules do to one string; `_CLEAN` when nothing matches."""
         verdict = self._memo.get(text)
         if verdict is not None:
+            return verdict
+        verdict = self._older.get(text)
+        if verdict is not None:
+            self._remember(text, verdict)  # still in use: keep it across the next turnover
             return verdict
         verdict = _CLEAN
         if self._drops is not None and (rule := self._drops.first(text)) is not None:
@@ -343,10 +348,15 @@ class _Scan:
             result, applied = replaced
             verdict = _Verdict(None, result, tuple((rule.name, rule.action) for rule in applied))
         if len(text) <= _MEMO_MAX_LENGTH:
-            if len(self._memo) >= _MEMO_SIZE:
-                self._memo.clear()
-            self._memo[text] = verdict
+            self._remember(text, verdict)
         return verdict
+
+    def _remember(self, text: str, verdict: _Verdict) -> None:
+        if len(self._memo) >= _MEMO_SIZE:
+            # Two generations: one-off strings (timestamps) age out, while ids and labels seen since the
+            # last turnover are carried over on their next use instead of being matched again.
+            self._older, self._memo = self._memo, {}
+        self._memo[text] = verdict
 
     def value(self, value: Any) -> Any:
         """A whole value filtered: DROP, the value itself, or a copy with the matches replaced."""

@@ -159,7 +159,7 @@ class Output(SessionListener):
         """Send what is pending, up to the in-flight window at QoS 1."""
         self._scheduled = False
         if not self.pending or not self.session.connected or self._sweep is not None:
-            self._depth.set(len(self.pending))
+            self.show_depth()
             return
         session, qos = self.session, self.qos
         pending = self.pending
@@ -190,10 +190,14 @@ class Output(SessionListener):
             # One observation per batch (its oldest change), not one per message.
             self._sent_latency.observe(now - oldest)
         self._published.inc(sent)
-        self._depth.set(len(self.pending))
+        self.show_depth()
         self._inflight.set(session.inflight)
         if len(self.pending) < BATCH:
             self.publisher.resume()
+
+    def show_depth(self) -> None:
+        """Set the buffer depth gauge: topics waiting here and state keys not yet rendered."""
+        self._depth.set(len(self.pending) + self.publisher.backlog)
 
     def republish_all(self) -> None:
         """Queue every owned topic again (after a reconnect the broker may have lost them)."""
@@ -344,6 +348,8 @@ class Publisher:
         if delta:
             self.metrics.state_changes.inc(delta)
             self._state_changes_synced = self.state_changes
+        for out in self.outputs:
+            out.show_depth()
 
     def start(self) -> None:
         """Connect every broker."""
@@ -429,6 +435,11 @@ class Publisher:
                 self._flush_scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush)
         dirty[(source, key)] = None
+
+    @property
+    def backlog(self) -> int:
+        """State keys changed and not yet rendered for the brokers."""
+        return len(self._dirty)
 
     def resume(self) -> None:
         """A broker has room again: render what waits."""

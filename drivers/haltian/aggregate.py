@@ -210,7 +210,13 @@ class RoomState:
     # -- publishing --------------------------------------------------------------------------
 
     def _publish_mean(self, key: str, now: float) -> None:
-        fresh = [v for at, v in self._numbers.get(key, _NONE).values() if now - at <= self.stale_after]
+        values = self._numbers.get(key, _NONE)
+        stale_after = self.stale_after
+        if len(values) == 1:  # one device: its value, as mean() would give it, without building a list
+            for at, v in values.values():
+                self._set(key, None if now - at > stale_after else v if type(v) is int else round(v, 2))
+            return
+        fresh = [v for at, v in values.values() if now - at <= stale_after]
         self._set(key, mean(fresh) if fresh else None)
 
     def _publish_min(self, key: str) -> None:
