@@ -249,8 +249,8 @@ async def test_a_crashed_module_task_restarts_the_module(broker: Mosquitto, tmp_
         async with running(path) as rt:
             host = rt.manager.hosts["mod-a"]  # type: ignore[union-attr]
             loads = ProbeDriver.loads["mod-a"]
-            assert host.instance is not None
-            await host.instance.crash()  # type: ignore[attr-defined]
+            assert isinstance(host.instance, ProbeDriver)
+            await host.instance.crash()
             assert await until(lambda: ProbeDriver.loads["mod-a"] == loads + 1 and host.status.value == "running")
             assert host.failures == 1
             assert rt.metrics.registry.get_sample_value(
