@@ -429,12 +429,12 @@ class Publisher:
         """Queue a changed (or cleared) state key for every broker; its latest value is rendered on its turn."""
         self.state_changes += 1
         dirty = self._dirty
-        if not dirty:
-            self._since = time.perf_counter()
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush)
+        if dirty:
+            dirty[(source, key)] = None
+            return
+        self._since = time.perf_counter()
         dirty[(source, key)] = None
+        self.resume()
 
     @property
     def backlog(self) -> int:

@@ -260,3 +260,20 @@ async def test_changes_under_a_full_window_wait_and_coalesce(tmp_path: Path) -> 
             values = {t.rsplit("/", 1)[1]: p for t, p in found.items() if t.startswith(f"{ROOM}/w")}
             assert len(values) == 3000
             assert all(p.endswith(b'"value":"%d"}' % -int(k[1:])) for k, p in values.items())
+
+
+async def test_a_crashed_module_task_restarts_the_module(broker: Mosquitto, tmp_path: Path) -> None:
+    path = write_settings(tmp_path / "site.yaml", site(broker.url))
+    with Subscriber(broker.port, f"{ROOM}/connected") as sub:
+        async with running(path) as rt:
+            host = rt.manager.hosts["mod-a"]  # type: ignore[union-attr]
+            loads = ProbeDriver.loads["mod-a"]
+            assert isinstance(host.instance, ProbeDriver)
+            await host.instance.crash()
+            assert await until(lambda: ProbeDriver.loads["mod-a"] == loads + 1 and host.status.value == "running")
+            assert host.failures == 1
+            assert rt.metrics.registry.get_sample_value(
+                "placeos_runtime_module_restarts_total", {"driver": "drv-p"}) == 1
+            assert await until(lambda: sub.latest.get(f"{ROOM}/connected", b"").endswith(b'"true"}'))
+    connected = [m.payload.endswith(b'"true"}') for m in sub.messages]
+    assert connected[-2:] == [False, True]  # down while failed, up again after the reload
