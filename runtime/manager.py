@@ -208,8 +208,9 @@ class ModuleHost:
                 self._supervisor = None
 
     async def _failed(self, failure: BaseException) -> None:
-        exc = failure if self.status is Status.LOADING else DriverError(f"task crashed: {failure!r}")
+        exc = failure
         if self.status is not Status.LOADING:
+            exc = DriverError(f"task crashed: {failure!r}")
             exc.__cause__ = failure
         delay = self._delay
         self.failures += 1

@@ -468,14 +468,15 @@ class Publisher:
                 del dirty[item]
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
-        for source, key in batch:
-            self._render(source, key, source.states.get(key), since)
+        self._render_current(batch, since)
 
     def render_all(self) -> None:
         """Render every dirty key now (before a flush or shutdown)."""
         dirty, self._dirty = self._dirty, {}
-        since = self._since
-        for source, key in dirty:
+        self._render_current(dirty, self._since)
+
+    def _render_current(self, keys: Iterable[tuple[Source, str]], since: float) -> None:
+        for source, key in keys:
             self._render(source, key, source.states.get(key), since)
 
     def _render(self, source: Source, key: str, entry: StateEntry | None, since: float) -> None:
