@@ -163,7 +163,7 @@ class ModuleContext(Protocol):
 
     @property
     def state_dir(self) -> Path:
-        """A per-module directory for small persistent state, created before `on_load`."""
+        """A per-module directory for small persistent state; it is created by the driver's first write, not before."""
         ...
 
     @property

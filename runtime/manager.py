@@ -229,7 +229,6 @@ class ModuleHost:
         self.upstream_ok = False
         cls = self.manager.registry.get(self.plan.driver_key)
         settings = msgspec.convert(self.plan.settings, cls.Settings, strict=False)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         self.instance = cls(self, settings)
         self.loads += 1
         async with asyncio.timeout(self.manager.load_timeout):

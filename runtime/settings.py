@@ -6,6 +6,7 @@ has any problem raises `SettingsError` carrying all of them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -18,11 +19,13 @@ import jsonschema
 import msgspec
 import yaml
 
+from runtime import yamlfast
 from runtime.errors import SettingsError
 from runtime.model import Site
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 Path_ = tuple[str | int, ...]
+_SITE_DECODER = msgspec.json.Decoder(Site)
 
 
 def format_path(path: Path_) -> str:
@@ -57,9 +60,8 @@ def parse_text(text: str | bytes, suffix: str) -> Any:
             return msgspec.json.decode(text)
         except msgspec.DecodeError as exc:
             raise SettingsError([f"(file): invalid JSON: {exc}"]) from exc
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        return yaml.load(text, Loader=loader)
+        return yamlfast.safe_load(text)
     except yaml.YAMLError as exc:
         raise SettingsError([f"(file): invalid YAML: {exc}"]) from exc
 
@@ -158,11 +160,14 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"{path}: {error.message}"
 
 
-def load_document(doc: Any, env: Mapping[str, str] | None = None) -> Site:
-    """Validate and decode a parsed settings document."""
+def load_document(doc: Any, env: Mapping[str, str] | None = None, *, expand: bool = True) -> Site:
+    """Validate and decode a parsed settings document (`expand=False`: it has no `${VAR}`)."""
     if not isinstance(doc, dict):
         raise SettingsError(["(root): a settings file must be a mapping"])
-    expanded, whole, problems = expand_env(doc, os.environ if env is None else env)
+    if expand:
+        expanded, whole, problems = expand_env(doc, os.environ if env is None else env)
+    else:
+        expanded, whole, problems = doc, set(), []
     if problems:
         raise SettingsError(problems)
     try:
@@ -188,7 +193,13 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Sit
         raw = file.read_bytes()
     except OSError as exc:
         raise SettingsError([f"(file): cannot read {file}: {exc.strerror}"]) from exc
-    return load_document(parse_text(raw, file.suffix), env)
+    expand = b"${" in raw
+    if not expand and file.suffix.lower() == ".json":
+        # Fast path: no variables to expand, so decode straight into the Structs (no document
+        # of dicts in between). Any failure takes the full path below, which explains it.
+        with contextlib.suppress(msgspec.DecodeError):
+            return _SITE_DECODER.decode(raw)
+    return load_document(parse_text(raw, file.suffix), env, expand=expand)
 
 
 def schema_text() -> str:

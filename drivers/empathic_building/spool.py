@@ -87,6 +87,7 @@ class Spool:
     async def open(self) -> list[SpoolEntry]:
         """Load what a previous run left pending, and rewrite the file clean."""
         async with self._lock:
+            await asyncio.to_thread(self._dir.mkdir, parents=True, exist_ok=True)
             await asyncio.to_thread(self._load)
             await asyncio.to_thread(self._rewrite, list(self._pending.values()))
             return self.pending
@@ -214,6 +215,7 @@ class DeadLetterFile:
         data = b"".join(encoder.encode(letter) + b"\n" for letter in letters)
 
         def write() -> None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "ab") as f:
                 f.write(data)
                 f.flush()

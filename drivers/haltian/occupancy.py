@@ -160,8 +160,13 @@ class LocalCounter:
         """Write the state file atomically (a failure is logged once per streak, never raised)."""
         self.state.saved_at = now
         tmp = self.path.with_suffix(".tmp")
+        data = _ENCODER.encode(self.state)
         try:
-            tmp.write_bytes(_ENCODER.encode(self.state))
+            try:
+                tmp.write_bytes(data)
+            except FileNotFoundError:  # the first save of this module: its directory is made now
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_bytes(data)
             os.replace(tmp, self.path)
         except OSError as exc:
             if not self.save_failed:

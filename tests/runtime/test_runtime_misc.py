@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 from typing import Any
 
+from runtime.app import Runtime
 from runtime.plan import build_plan
 from runtime.settings import load_document
 from tests.support.broker import Mosquitto, free_port
@@ -59,3 +61,38 @@ def test_check_warns_about_unused_module_keys_and_homeless_modules() -> None:
     plan = build_plan(load_document(doc, {}), registry())
     assert "modules[0].settings.colour: no setting 'colour' in driver 'probe'; ignored" in plan.warnings
     assert "modules[1]: module is in no system: it runs but publishes nothing" in plan.warnings
+
+
+async def test_module_state_directories_are_left_to_the_drivers(broker: Mosquitto, tmp_path: Path) -> None:
+    # The runtime no longer makes a directory per module at load: 10,000 modules that never
+    # write would mean 10,000 empty directories and seconds of start-up.
+    state = tmp_path / "state"
+    async with running(write_settings(tmp_path / "site.yaml", site(broker.url, state_dir=str(state)))) as rt:
+        host = rt.manager.hosts["mod-a"]  # type: ignore[union-attr]
+        assert host.state_dir == state / "mod-a"
+        assert not host.state_dir.exists()
+
+
+async def test_run_pauses_the_collector_while_loading_then_freezes_what_start_up_built(
+        broker: Mosquitto, tmp_path: Path) -> None:
+    path = write_settings(tmp_path / "site.yaml", site(broker.url))
+    rt = Runtime(path, registry=registry(), backoff_initial=0.05)
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    task = asyncio.create_task(rt.run())
+    try:
+        for _ in range(500):
+            if rt.gc_frozen:
+                break
+            await asyncio.sleep(0.01)
+        assert rt.gc_frozen
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > 0
+        ok, _ = await rt.reload()
+        assert ok
+        assert gc.get_freeze_count() == 0  # what a reload replaces can be collected again
+        assert not rt.gc_frozen
+    finally:
+        rt.request_stop()
+        assert await asyncio.wait_for(task, 30) == 0
+        gc.unfreeze()
+    assert gc.isenabled()

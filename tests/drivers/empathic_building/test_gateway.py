@@ -16,7 +16,7 @@ from drivers.empathic_building.auth import StaticToken, TokenManager, UserTokens
 from drivers.empathic_building.errors import InvalidMeasurement
 from drivers.empathic_building.gateway import Gateway
 from drivers.empathic_building.models import Temperature
-from drivers.empathic_building.spool import SPOOL_FILE, DeadLetterFile, Spool
+from drivers.empathic_building.spool import SPOOL_FILE, DeadLetter, DeadLetterFile, Spool
 from runtime.clock import FakeClock
 from runtime.testing import FakeMetrics
 from tests.drivers.empathic_building.conftest import EMAIL, GATEWAY_TOKEN, PASSWORD, DriverFactory, Eb, eventually
@@ -226,3 +226,16 @@ async def test_dead_letters_command_and_send_measurements(eb: Eb, load_driver: D
     assert driver.ctx.connected is True  # type: ignore[attr-defined]
     with pytest.raises(InvalidMeasurement):
         await driver.execute("send_measurements", {"measurements": [{"type": "co2", "vendor_id": "c"}]})
+
+
+async def test_spool_and_dead_letters_make_their_directory(tmp_path: Path) -> None:
+    folder = tmp_path / "state" / "mod-gw"
+    spool = Spool(folder)
+    assert await spool.open() == []
+    assert (folder / SPOOL_FILE).exists()
+    spool.close()
+    letters = DeadLetterFile(tmp_path / "other" / "mod-gw")
+    assert await letters.open() == 0
+    assert not letters.path.parent.exists()  # counting what is there makes nothing
+    await letters.add([DeadLetter(time=1.0, status=400, reason="invalid", measurement={"type": "x"})])
+    assert await letters.open() == 1

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from drivers.haltian import HaltianDriver
-from drivers.haltian.models import iso
+from drivers.haltian.models import DirectionalValue, iso
+from drivers.haltian.occupancy import STATE_FILE, LocalCounter
 from runtime.testing import FakeModuleContext
 from tests.drivers.haltian.conftest import DEV_A, DEV_B, GROUP, Rig
 
@@ -214,3 +217,16 @@ async def test_idle_timeout_runs_across_a_restart(rig: Rig) -> None:
     await rig.clock.advance(300)
     assert again.states["people_count"] == 0
     assert again.states["last_reset"]["reason"] == "timeout"
+
+
+def test_the_first_save_makes_the_state_directory(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "mod-door" / STATE_FILE
+    counter = LocalCounter(path, logging.getLogger("test"))
+    assert counter.load() is False  # nothing saved yet, and nothing made by looking
+    assert not path.parent.exists()
+    counter.movement(DEV_A, DirectionalValue(in_=2, out=0), 100.0)
+    counter.save(100.0)
+    assert not counter.save_failed
+    again = LocalCounter(path, logging.getLogger("test"))
+    assert again.load() is True
+    assert again.totals == (2, 0)
