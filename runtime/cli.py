@@ -42,16 +42,15 @@ def plan_summary(plan: Plan) -> dict[str, Any]:
     """The topic plan as plain data."""
     site = plan.site
     systems = []
-    for system in site.systems:
-        sp = plan.systems[system.id]
+    for sp in plan.systems.values():
         modules = []
         for ref, module_id in sp.refs.items():
             module = plan.modules[module_id]
-            binding = next(b for b in module.bindings if b.system == system.id)
+            binding = next(b for b in module.bindings if b.system == sp.id)
             modules.append({"ref": ref, "id": module_id, "driver": module.driver_id, "name": module.name,
                             "idx": binding.idx, "prefix": binding.prefix,
                             "topic": topics.state_topic(binding.prefix, "<state>")})
-        systems.append({"id": system.id, "levels": dict(zip(site.hierarchy, sp.levels, strict=True)),
+        systems.append({"id": sp.id, "levels": dict(zip(site.hierarchy, sp.levels, strict=True)),
                         "modules": modules})
     return {"ok": True, "org": plan.org, "hierarchy": site.hierarchy, "brokers": [b.name for b in site.brokers],
             "metadata": sorted(plan.metadata), "systems": systems, "warnings": list(plan.warnings)}

@@ -12,6 +12,7 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from runtime import topics
 from runtime.errors import CommandArgumentsError, UnknownCommand
 from runtime.manager import Status
 
@@ -124,14 +125,14 @@ class HttpApi:
         if plan is None or system_id not in plan.systems:
             return None
         sp = plan.systems[system_id]
-        spec = next(s for s in plan.site.systems if s.id == system_id)
+        spec = msgspec.json.decode(plan.metadata[topics.metadata_topic(plan.org, system_id)])
         modules = []
         for ref, module_id in sp.refs.items():
             module = plan.modules[module_id]
             binding = next(b for b in module.bindings if b.system == system_id)
             modules.append({"id": module_id, "ref": ref, "name": module.name, "driver": module.driver_id,
                             "idx": binding.idx, "prefix": binding.prefix})
-        return {"id": system_id, "name": spec.name, "description": spec.description, "zones": list(spec.zones),
+        return {"id": system_id, "name": spec["name"], "description": spec.get("description"), "zones": spec["zones"],
                 "levels": dict(zip(plan.site.hierarchy, sp.levels, strict=True)), "modules": modules}
 
     async def systems(self, request: web.Request) -> web.Response:

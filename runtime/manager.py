@@ -8,7 +8,6 @@ is affected. Settings changes reach running modules through `on_update`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
@@ -18,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from runtime.clock import Clock
+from runtime.clock import Clock, TimerQueue
 from runtime.driver import Driver, DriverMetrics, StateCallback, Transports
 from runtime.errors import DriverError
 from runtime.metrics import DriverCounters, Metrics
@@ -27,6 +26,7 @@ from runtime.publisher import Publisher, Route, StateEntry
 from runtime.registry import Registry
 from runtime.scheduler import Scheduler
 from runtime.shared import SharedServices
+from runtime.tasks import cancel_and_wait, finish_within, raise_if_cancelled
 
 T = TypeVar("T")
 _log = logging.getLogger("runtime.module")
@@ -53,13 +53,21 @@ class _Watch:
 
     def cancel(self) -> None:
         """Stop following."""
-        watchers = self.target.watchers.get(self.key)
+        watchers = self.target.watchers.get(self.key) if self.target.watchers else None
         if watchers and self in watchers:
             watchers.remove(self)
 
 
 class ModuleHost:
-    """The runtime side of one module: its `ModuleContext`, state and supervisor."""
+    """The runtime side of one module: its `ModuleContext`, state and supervisor.
+
+    A site may run 10,000 of these, so a host is slotted and builds its logger and scheduler
+    only when first asked for, and its task and watch collections only when first used.
+    """
+
+    __slots__ = ("_crash", "_delay", "_logger", "_schedule", "_stopping", "_supervisor", "_tasks", "_watches",
+                 "driver_id", "failures", "instance", "loads", "manager", "metrics", "module_id", "name", "plan",
+                 "prefixes", "routes", "states", "status", "timezone", "upstream_ok", "watchers")
 
     def __init__(self, manager: Manager, plan: ModulePlan) -> None:
         self.manager = manager
@@ -69,26 +77,57 @@ class ModuleHost:
         self.name = plan.name
         self.prefixes = plan.prefixes
         self.routes: dict[str, list[Route]] = {}
-        self.logger = logging.LoggerAdapter(_log, {"module_id": plan.id})
-        self.clock: Clock = manager.clock
         self.timezone = ZoneInfo(plan.timezone)
-        self.schedule = Scheduler(self.clock, self.timezone, self.logger, on_error=self._job_failed)
-        self.state_dir = manager.state_dir / plan.id
-        self.transports: Transports = manager.transports
         self.metrics: DriverMetrics = manager.driver_counters(plan.driver_id)
         self.states: dict[str, StateEntry] = {}
-        self.watchers: dict[str, list[_Watch]] = {}
+        self.watchers: dict[str, list[_Watch]] | None = None
         self.status = Status.LOADING
         self.upstream_ok = False
         self.loads = 0
         self.failures = 0
         self.instance: Driver[Any] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._watches: list[_Watch] = []
+        self._logger: logging.LoggerAdapter[logging.Logger] | None = None
+        self._schedule: Scheduler | None = None
+        self._tasks: set[asyncio.Task[None]] | None = None
+        self._watches: list[_Watch] | None = None
         self._crash: BaseException | None = None  # a failure while an attempt is in progress
         self._delay = manager.backoff_initial
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger that puts the module id on every line."""
+        return self._get_logger()
+
+    def _get_logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        if self._logger is None:
+            self._logger = logging.LoggerAdapter(_log, {"module_id": self.module_id})
+        return self._logger
+
+    @property
+    def schedule(self) -> Scheduler:
+        """The module's scheduler (cleared on unload)."""
+        if self._schedule is None:
+            # The logger is passed as its getter: it is only needed if a job fails.
+            self._schedule = Scheduler(self.manager.clock, self.timezone, self._get_logger,
+                                       on_error=self._job_failed, timers=self.manager.timers)
+        return self._schedule
+
+    @property
+    def clock(self) -> Clock:
+        """The runtime's clock."""
+        return self.manager.clock
+
+    @property
+    def transports(self) -> Transports:
+        """Network access lent by the runtime."""
+        return self.manager.transports
+
+    @property
+    def state_dir(self) -> Path:
+        """The module's directory for small persistent state (made by the driver's first write)."""
+        return self.manager.state_dir / self.module_id
 
     # -- ModuleContext --------------------------------------------------------------------
 
@@ -111,6 +150,8 @@ class ModuleHost:
     def spawn(self, coro: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
         """Run a module-owned task; its crash restarts the module."""
         task = asyncio.create_task(coro, name=f"{self.module_id}:{name}")
+        if self._tasks is None:
+            self._tasks = set()
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -123,7 +164,11 @@ class ModuleHost:
         """Follow another module's state in this module's systems."""
         target = self.manager.resolve(self, module)
         watch = _Watch(target, state, callback)
+        if target.watchers is None:
+            target.watchers = {}
         target.watchers.setdefault(state, []).append(watch)
+        if self._watches is None:
+            self._watches = []
         self._watches.append(watch)
         entry = target.states.get(state)
         if entry is not None:
@@ -141,10 +186,10 @@ class ModuleHost:
         entry = self.states.get(key)
         if entry is not None and entry.raw == raw:
             return
-        entry = StateEntry(value, raw, int(self.clock.time() * 1000))
+        entry = StateEntry(value, raw, int(self.manager.clock.time() * 1000))
         self.states[key] = entry
         self.manager.publisher.state_changed(self, key)
-        watchers = self.watchers.get(key)
+        watchers = self.watchers.get(key) if self.watchers else None
         if watchers:
             for watch in list(watchers):
                 try:
@@ -159,7 +204,8 @@ class ModuleHost:
         self._set(CONNECTED, up)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+        if self._tasks is not None:
+            self._tasks.discard(task)
         if task.cancelled():
             return
         exc = task.exception()
@@ -197,6 +243,7 @@ class ModuleHost:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    raise_if_cancelled()  # a load cut short by a stop is not a failure to retry
                     failure = exc
                     continue
                 self._delay = self.manager.backoff_initial
@@ -221,14 +268,14 @@ class ModuleHost:
         self._update_connected()
         self.manager.first_attempt_done(self)
         await self._teardown()
-        await self.clock.sleep(delay)
+        await self.manager.clock.sleep(delay)
         self._delay = min(self.manager.backoff_cap, delay * 2)
 
     async def _load(self) -> None:
         self.status = Status.LOADING
         self.upstream_ok = False
         cls = self.manager.registry.get(self.plan.driver_key)
-        settings = msgspec.convert(self.plan.settings, cls.Settings, strict=False)
+        settings = self.plan.driver_settings(cls.Settings)
         self.instance = cls(self, settings)
         self.loads += 1
         async with asyncio.timeout(self.manager.load_timeout):
@@ -247,12 +294,13 @@ class ModuleHost:
         self.plan = plan
         if plan.timezone != self.timezone.key:
             self.timezone = ZoneInfo(plan.timezone)
-            self.schedule.timezone = self.timezone
+            if self._schedule is not None:
+                self._schedule.timezone = self.timezone
         instance = self.instance
         if self.status is not Status.RUNNING or instance is None:
             return
         cls = self.manager.registry.get(plan.driver_key)
-        instance.settings = msgspec.convert(plan.settings, cls.Settings, strict=False)
+        instance.settings = plan.driver_settings(cls.Settings)
         try:
             async with asyncio.timeout(self.manager.load_timeout):
                 await instance.on_update()
@@ -267,25 +315,24 @@ class ModuleHost:
                     await instance.on_unload()
             except Exception as exc:  # unloading a broken module is best effort
                 self.logger.warning("on_unload failed: %s", exc)
-        self.schedule.clear()
-        for watch in self._watches:
+        if self._schedule is not None:
+            self._schedule.clear()
+        for watch in self._watches or ():
             watch.cancel()
-        self._watches.clear()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=self.manager.unload_timeout)
-        await self.manager.shared.release_all(self.module_id)
+        self._watches = None
+        timeout = self.manager.unload_timeout
+        await cancel_and_wait(list(self._tasks or ()), timeout, self.logger, f"module {self.module_id}: its tasks")
+        # Closing a shared service can hang on a vendor connection; shutdown and reloads must go on regardless.
+        await finish_within(self.manager.shared.release_all(self.module_id), timeout, self.logger,
+                            f"module {self.module_id}: releasing its shared services")
 
     async def stop(self) -> None:
-        """Stop the supervisor and unload."""
+        """Stop the supervisor and unload; a supervisor that ignores its cancellation is left behind."""
         self._stopping = True
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
-            self._supervisor = None
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            await cancel_and_wait([supervisor], self.manager.unload_timeout, self.logger,
+                                  f"module {self.module_id}: its load supervisor")
         await self._teardown()
         self.status = Status.STOPPED
 
@@ -299,6 +346,8 @@ class Manager:
         self.registry = registry
         self.publisher = publisher
         self.clock = clock
+        self.timers = TimerQueue(clock)
+        """Where every module's scheduled jobs wait (one clock timer for all of them)."""
         self.transports = transports
         self.metrics = metrics
         self.state_dir = state_dir
@@ -361,7 +410,7 @@ class Manager:
             host.prefixes = module.prefixes
             host.name = module.name
             host.driver_id = module.driver_id
-            if host.plan.settings != module.settings or host.plan.timezone != module.timezone:
+            if host.plan.settings_json != module.settings_json or host.plan.timezone != module.timezone:
                 await host.update(module)
             else:
                 host.plan = module
@@ -394,6 +443,14 @@ class Manager:
             self.metrics.modules.labels(status.value).set(n)
 
     async def stop(self) -> None:
-        """Stop every module (each with its unload timeout)."""
-        await asyncio.gather(*(h.stop() for h in self.hosts.values()))
+        """Stop every module; one whose stop hangs is left behind with a warning, so this always returns."""
+        hosts = list(self.hosts.values())
+        # A host's stop gives the unload timeout to each of: supervisor, on_unload, module tasks, shared services.
+        bound = 4 * self.unload_timeout + 1.0
+        results = await asyncio.gather(
+            *(finish_within(h.stop(), bound, h.logger, f"module {h.module_id}: stopping") for h in hosts),
+            return_exceptions=True)
+        for host, result in zip(hosts, results, strict=True):
+            if isinstance(result, BaseException):
+                host.logger.error("module %s: stop failed: %s", host.module_id, result, exc_info=result)
         self.hosts.clear()

@@ -21,6 +21,7 @@ import msgspec
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 
 from runtime.errors import ConnectionRefused, RuntimeFault
+from runtime.tasks import STOP_TIMEOUT, cancel_and_wait, raise_if_cancelled
 
 _log = logging.getLogger("runtime.mqtt")
 
@@ -241,11 +242,10 @@ class MqttSession:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):
                     await client.disconnect()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            # Bounded, and a cancellation of stop() itself is not swallowed.
+            await cancel_and_wait([task], STOP_TIMEOUT, self._log, f"{self.name}: the MQTT supervisor")
         self._set_down()
 
     def update_endpoint(self, endpoint: MqttEndpoint) -> None:
@@ -359,6 +359,7 @@ class MqttSession:
             try:
                 await self._connect(client)
             except ConnectionRefused as exc:
+                raise_if_cancelled()
                 self.last_error = str(exc)
                 if exc.code in PROTOCOL_REFUSALS and self.protocol == MQTTv50:
                     self._log.info("%s: broker refused MQTT 5, falling back to 3.1.1", self.name)
@@ -375,12 +376,14 @@ class MqttSession:
                 self._listener.on_refused(self, exc)
                 self._listener.on_disconnected(self, str(exc))
             except (OSError, TimeoutError, ssl.SSLError, RuntimeFault) as exc:
+                raise_if_cancelled()
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self._log.warning("%s: cannot connect to %s: %s; retrying in %.1f s", self.name,
                                   self.endpoint.url, self.last_error, delay)
                 delay = min(self._backoff.cap, delay * self._backoff.factor)
                 self._listener.on_disconnected(self, self.last_error)
             else:
+                raise_if_cancelled()  # connected, although cancelled meanwhile
                 delay = self._backoff.initial
                 wait = delay
                 await client.lost.wait()
@@ -393,6 +396,7 @@ class MqttSession:
                 await self._discard(client)
             if self._stopping:
                 break
+            raise_if_cancelled()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):

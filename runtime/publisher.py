@@ -18,8 +18,10 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
+
+import msgspec
 
 from runtime import topics
 from runtime.metrics import Metrics
@@ -28,8 +30,10 @@ from runtime.mqtt import Backoff, MqttEndpoint, MqttSession, SessionListener, Wi
 from runtime.payloads import CLEAR, OFFLINE, ONLINE, PayloadFormat, encode_metadata, encode_value, state_payload
 
 _log = logging.getLogger("runtime.publisher")
+_decode_metadata = msgspec.json.Decoder(dict[str, Any]).decode
 SWEEP_TIMEOUT = 5.0
 BATCH = 256
+WRITE_MAX = 4096  # QoS 0 packets per socket write: start-up's 50,000 retained topics in chunks, not one buffer
 """Most state keys rendered per loop iteration, and the most topics a broker may have waiting before
 rendering pauses for it: beyond this a burst coalesces instead of queueing."""
 
@@ -165,7 +169,7 @@ class Output(SessionListener):
         pending = self.pending
         # gmqtt allots packet ids up to the broker's Receive Maximum (mosquitto's default is 20).
         limit = min(self.max_inflight, session.receive_maximum - 2)
-        window = max(0, limit - session.inflight) if qos else len(pending)
+        window = max(0, limit - session.inflight) if qos else WRITE_MAX
         now = time.perf_counter()
         oldest, self._oldest = self._oldest, None
         items: Any
@@ -194,6 +198,8 @@ class Output(SessionListener):
         self._inflight.set(session.inflight)
         if len(self.pending) < BATCH:
             self.publisher.resume()
+        if self.pending and not qos:
+            self._schedule()  # the rest on the next turn, after the reads waiting meanwhile
 
     def show_depth(self) -> None:
         """Set the buffer depth gauge: topics waiting here and state keys not yet rendered."""
@@ -313,7 +319,7 @@ class Publisher:
         self._lanes: list[Lane] = []
         self._drop = drop
         self._owned_prefixes: set[str] = set()
-        self._metadata: dict[str, dict[str, Any]] = {}
+        self._metadata: Mapping[str, bytes] = {}
         self.state_changes = 0  # moved to the Prometheus counter at scrape time (no lock per change)
         self._state_changes_synced = 0
         self._started = False
@@ -378,7 +384,7 @@ class Publisher:
 
     # -- ownership ------------------------------------------------------------------------
 
-    def set_owned(self, prefixes: set[str], metadata: dict[str, dict[str, Any]]) -> None:
+    def set_owned(self, prefixes: set[str], metadata: Mapping[str, bytes]) -> None:
         """What the current settings own: module prefixes and metadata topics."""
         self._owned_prefixes = prefixes
         self._metadata = metadata
@@ -395,16 +401,23 @@ class Publisher:
 
     # -- metadata ---------------------------------------------------------------------------
 
-    def publish_metadata(self, metadata: dict[str, dict[str, Any]], previous: dict[str, dict[str, Any]]) -> None:
-        """Publish changed metadata and clear metadata topics that no longer exist."""
+    def publish_metadata(self, metadata: Mapping[str, bytes], previous: Mapping[str, bytes]) -> None:
+        """Publish changed metadata (encoded payloads) and clear metadata topics that no longer exist."""
         for topic in previous:
             if topic not in metadata:
                 for out in self.outputs:
                     out.put(topic, CLEAR)
         for lane in self._lanes:
-            for topic, payload in metadata.items():
-                body = payload if lane.rules is None else lane.rules.metadata(payload)
-                data = CLEAR if body is self._drop and self._drop is not None else encode_metadata(body)
+            rules = lane.rules
+            for topic, raw in metadata.items():
+                data = raw
+                if rules is not None:
+                    payload = _decode_metadata(raw)
+                    body = rules.metadata(payload)
+                    if body is self._drop and self._drop is not None:
+                        data = CLEAR
+                    elif body is not payload:
+                        data = encode_metadata(body)
                 for out in lane.outputs:
                     out.put(topic, data)
 

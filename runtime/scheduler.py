@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from runtime.clock import Clock, Timer
 
 Job = Callable[[], Awaitable[None] | None]
+LoggerLike = logging.Logger | logging.LoggerAdapter[logging.Logger]
+
+
+class TimerSource(Protocol):
+    """Where jobs wait: a clock, or the runtime's shared `TimerQueue`."""
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer:
+        """Run `callback` after `seconds`."""
+        ...
 
 
 def next_daily(now: float, at: dt.time, tz: ZoneInfo) -> float:
@@ -34,17 +45,20 @@ def next_daily(now: float, at: dt.time, tz: ZoneInfo) -> float:
 class ScheduledJob:
     """A handle on one scheduled job; `cancel()` stops it.
 
-    A job waits on a clock timer, not in a task: a site of 10,000 modules keeps 10,000 timers,
-    not 10,000 sleeping coroutines. An async job runs in a task while it runs.
+    A job waits on a timer, not in a task: a site of 10,000 modules keeps 10,000 small timer
+    entries, not 10,000 sleeping coroutines. An async job runs in a task while it runs.
     """
 
-    __slots__ = ("_delay", "_job", "_name", "_scheduler", "_task", "_timer", "active")
+    __slots__ = ("_job", "_name", "_period", "_scheduler", "_task", "_timer", "_tz", "_when", "active")
 
-    def __init__(self, scheduler: Scheduler, job: Job, name: str, delay: Callable[[], float | None]) -> None:
+    def __init__(self, scheduler: Scheduler, job: Job, name: str, *, period: float | None = None,
+                 when: float | dt.time | None = None) -> None:
         self._scheduler = scheduler
         self._job = job
         self._name = name
-        self._delay = delay  # seconds until the next run, None when the job is over
+        self._period = period  # every `period` seconds
+        self._when = when  # a daily wall-clock time, or the delay of a one-off run (None once it ran)
+        self._tz: ZoneInfo | None = None  # a daily job's own time zone, when not the module's
         self._timer: Timer | None = None
         self._task: asyncio.Task[None] | None = None
         self.active = True
@@ -53,7 +67,8 @@ class ScheduledJob:
     def cancel(self) -> None:
         """Stop the job (and a run in progress)."""
         self.active = False
-        self._scheduler._jobs.discard(self)
+        with contextlib.suppress(ValueError):
+            self._scheduler._jobs.remove(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -61,12 +76,24 @@ class ScheduledJob:
             self._task.cancel()
             self._task = None
 
+    def _delay(self) -> float | None:
+        """Seconds until the next run; None when the job is over."""
+        if self._period is not None:
+            return self._period
+        when = self._when
+        if isinstance(when, dt.time):
+            clock = self._scheduler._clock
+            now = clock.time()
+            return next_daily(now, when, self._scheduler.timezone if self._tz is None else self._tz) - now
+        self._when = None
+        return when
+
     def _arm(self) -> None:
         delay = self._delay() if self.active else None
         if delay is None:
             self.cancel()
             return
-        self._timer = self._scheduler._clock.call_later(delay, self._fire)
+        self._timer = self._scheduler._timers.call_later(delay, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
@@ -90,20 +117,24 @@ class ScheduledJob:
 class Scheduler:
     """Runs a module's jobs on the runtime's clock; failures are logged and never stop a job."""
 
-    def __init__(self, clock: Clock, tz: ZoneInfo, logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
-                 on_error: Callable[[BaseException], None] | None = None) -> None:
+    __slots__ = ("_clock", "_jobs", "_log", "_on_error", "_timers", "timezone")
+
+    def __init__(self, clock: Clock, tz: ZoneInfo, logger: LoggerLike | Callable[[], LoggerLike],
+                 on_error: Callable[[BaseException], None] | None = None, *, timers: TimerSource | None = None) -> None:
         self._clock = clock
+        self._timers: TimerSource = timers if timers is not None else clock
         self.timezone = tz
+        """The module's site time zone (daily jobs without their own)."""
         self._log = logger
         self._on_error = on_error
-        self._jobs: set[ScheduledJob] = set()
+        self._jobs: list[ScheduledJob] = []
 
     def every(self, seconds: float, job: Job, *, name: str = "every", immediately: bool = False) -> ScheduledJob:
         """Run `job` every `seconds` (first run after one period unless `immediately`); the period starts
         when the previous run ends."""
         if seconds <= 0:
             raise ValueError("interval must be positive")
-        handle = self._add(ScheduledJob(self, job, name, lambda: seconds))
+        handle = self._add(ScheduledJob(self, job, name, period=seconds))
         if immediately:
             handle._timer = asyncio.get_running_loop().call_soon(handle._fire)
         else:
@@ -112,25 +143,15 @@ class Scheduler:
 
     def at(self, time_of_day: dt.time, job: Job, *, tz: ZoneInfo | None = None, name: str = "at") -> ScheduledJob:
         """Run `job` every day at `time_of_day` in `tz` (default: the module's site time zone)."""
-        zone = tz or self.timezone
-        clock = self._clock
-
-        def delay() -> float:
-            now = clock.time()
-            return next_daily(now, time_of_day, zone) - now
-
-        handle = self._add(ScheduledJob(self, job, name, delay))
+        handle = self._add(ScheduledJob(self, job, name, when=time_of_day))
+        if tz is not None:
+            handle._tz = tz
         handle._arm()
         return handle
 
     def after(self, seconds: float, job: Job, *, name: str = "after") -> ScheduledJob:
         """Run `job` once after `seconds`."""
-        pending = [seconds]
-
-        def delay() -> float | None:
-            return pending.pop() if pending else None
-
-        handle = self._add(ScheduledJob(self, job, name, delay))
+        handle = self._add(ScheduledJob(self, job, name, when=float(seconds)))
         handle._arm()
         return handle
 
@@ -141,7 +162,7 @@ class Scheduler:
         self._jobs.clear()
 
     def _add(self, job: ScheduledJob) -> ScheduledJob:
-        self._jobs.add(job)
+        self._jobs.append(job)
         return job
 
     def _call(self, job: Job, name: str) -> Awaitable[None] | None:
@@ -162,6 +183,7 @@ class Scheduler:
             self._failed(name, exc)
 
     def _failed(self, name: str, exc: BaseException) -> None:
-        self._log.error("scheduled job %s failed: %s", name, exc, exc_info=exc)
+        log = self._log if isinstance(self._log, logging.Logger | logging.LoggerAdapter) else self._log()
+        log.error("scheduled job %s failed: %s", name, exc, exc_info=exc)
         if self._on_error is not None:
             self._on_error(exc)

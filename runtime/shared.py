@@ -26,7 +26,8 @@ class SharedServices:
     def __init__(self) -> None:
         self._entries: dict[Hashable, _Entry] = {}
         self._held: dict[tuple[str, str], Hashable] = {}
-        self._slots: dict[str, set[tuple[str, str]]] = {}  # user -> its holders (release_all in O(1))
+        # user -> its holders (release_all without a scan); a list, as a module holds one or two
+        self._slots: dict[str, list[tuple[str, str]]] = {}
 
     async def acquire(self, user: str, slot: str, key: Hashable, factory: Callable[[], Awaitable[T]]) -> T:
         """The service for `key`, held by `user` in `slot` (releasing what that slot held before)."""
@@ -39,13 +40,13 @@ class SharedServices:
             entry = self._entries[key] = _Entry()
             entry.users.add(holder)
             self._held[holder] = key
-            self._slots.setdefault(user, set()).add(holder)
+            self._hold(holder)
             try:
                 entry.service = await factory()
             except BaseException as exc:
                 del self._entries[key]
                 self._held.pop(holder, None)
-                self._slots.get(user, set()).discard(holder)
+                self._unhold(holder)
                 if isinstance(exc, Exception):
                     entry.ready.set_exception(exc)
                     entry.ready.exception()  # mark retrieved; waiting users get it re-raised
@@ -56,7 +57,7 @@ class SharedServices:
             return cast(T, entry.service)
         entry.users.add(holder)
         self._held[holder] = key
-        self._slots.setdefault(user, set()).add(holder)
+        self._hold(holder)
         return cast(T, await asyncio.shield(entry.ready))
 
     async def release(self, user: str, slot: str) -> None:
@@ -80,13 +81,23 @@ class SharedServices:
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def _release(self, holder: tuple[str, str], key: Hashable) -> None:
-        self._held.pop(holder, None)
+    def _hold(self, holder: tuple[str, str]) -> None:
         slots = self._slots.get(holder[0])
-        if slots is not None:
-            slots.discard(holder)
+        if slots is None:
+            self._slots[holder[0]] = [holder]
+        elif holder not in slots:
+            slots.append(holder)
+
+    def _unhold(self, holder: tuple[str, str]) -> None:
+        slots = self._slots.get(holder[0])
+        if slots is not None and holder in slots:
+            slots.remove(holder)
             if not slots:
                 del self._slots[holder[0]]
+
+    async def _release(self, holder: tuple[str, str], key: Hashable) -> None:
+        self._held.pop(holder, None)
+        self._unhold(holder)
         entry = self._entries.get(key)
         if entry is None:
             return

@@ -22,6 +22,7 @@ import msgspec
 from drivers.empathic_building.errors import AuthError, EmpathicBuildingError, LoginRejected, TransientApiError
 from drivers.empathic_building.models import TokenResponse
 from runtime.clock import Clock
+from runtime.tasks import STOP_TIMEOUT, cancel_and_wait, raise_if_cancelled
 
 StatusListener = Callable[[bool], None]
 _token_decoder = msgspec.json.Decoder(TokenResponse)
@@ -141,14 +142,10 @@ class UserTokens(TokenManager):
         return await asyncio.shield(task)
 
     async def close(self) -> None:
-        """Stop the keep-alive and any renewal."""
-        for task in (self._keepalive, self._inflight):
-            if task is not None:
-                task.cancel()
-        for task in (self._keepalive, self._inflight):
-            if task is not None:
-                await asyncio.gather(task, return_exceptions=True)
+        """Stop the keep-alive and any renewal, waiting for them at most `STOP_TIMEOUT` seconds."""
+        tasks = [task for task in (self._keepalive, self._inflight) if task is not None]
         self._keepalive = self._inflight = None
+        await cancel_and_wait(tasks, STOP_TIMEOUT, self._log, "EB token renewal")
 
     def _renewal_done(self, task: asyncio.Task[str]) -> None:
         if self._inflight is task:
@@ -167,6 +164,7 @@ class UserTokens(TokenManager):
             except _Rejected:
                 self._log.info("EB refresh token rejected; logging in again")
             except EmpathicBuildingError as exc:
+                raise_if_cancelled()  # close() cancelled the refresh: no login after that
                 self._log.warning("EB token refresh failed (%s); the refresh token is not reused, logging in", exc)
             else:
                 self.refreshes += 1
@@ -218,6 +216,7 @@ class UserTokens(TokenManager):
             try:
                 await self.renew()
             except AuthError as exc:
+                raise_if_cancelled()
                 self._log.warning("EB token keep-alive: %s", exc)
                 await self._clock.sleep(max(1.0, self._login_not_before - self._clock.monotonic()))
 

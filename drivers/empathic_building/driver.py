@@ -20,6 +20,7 @@ from drivers.empathic_building.pusher import PusherEndpoint
 from drivers.empathic_building.spool import DeadLetterFile, Spool
 from drivers.empathic_building.units import UnitError, measurement_state, status_state
 from runtime.driver import Driver, ModuleContext, command
+from runtime.tasks import STOP_TIMEOUT, cancel_and_wait
 
 PRODUCTION_APP_KEY = "33d6c4f799c274f7e0bc"
 # Not in the vendor documents (see the README): read for names only; failures are logged and counted.
@@ -169,9 +170,8 @@ class EmpathicBuildingDriver(Driver[EmpathicBuildingSettings]):
             self._bridge.stop()
             self._bridge = None
         if self._gateway_task is not None:
-            self._gateway_task.cancel()
-            await asyncio.gather(self._gateway_task, return_exceptions=True)
-            self._gateway_task = None
+            task, self._gateway_task = self._gateway_task, None
+            await cancel_and_wait([task], STOP_TIMEOUT, self.ctx.logger, "the EB gateway sender")
         if self._unlisten is not None:
             self._unlisten()
             self._unlisten = None

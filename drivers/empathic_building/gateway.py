@@ -26,6 +26,7 @@ from drivers.empathic_building.models import Measurement, dedupe_key, encoder, v
 from drivers.empathic_building.spool import DeadLetter, DeadLetterFile, Spool, SpoolEntry
 from runtime.clock import Clock
 from runtime.driver import DriverMetrics
+from runtime.tasks import raise_if_cancelled
 
 MEASUREMENTS_PATH = "/v2/measurements"
 MAX_REQUEST_BYTES = 2_000_000  # under the documented 2 MB, whichever way a megabyte is counted
@@ -268,6 +269,7 @@ class Gateway:
                 if status in (401, 403):
                     self._status(False)
                 reason = f"HTTP {status}"
+            raise_if_cancelled()  # a cancellation that came out as a failed request ends the retries
             failures += 1
             delay = min(self._backoff_cap, self._backoff_first * 2 ** (failures - 1))
             self.retry_delays.append(delay)

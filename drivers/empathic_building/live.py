@@ -23,6 +23,7 @@ from drivers.empathic_building.models import PusherAuthResponse, SensorObject, d
 from drivers.empathic_building.pusher import PusherClient, PusherEndpoint
 from runtime.clock import Clock
 from runtime.driver import DriverMetrics
+from runtime.tasks import STOP_TIMEOUT, cancel_and_wait, raise_if_cancelled
 
 ORG_PREFIX = "private-organization-"
 LOCATION_PREFIX = "private-location-"
@@ -91,7 +92,8 @@ class LiveHub:
     """Shared by the live modules of one account and Pusher endpoint."""
 
     def __init__(self, key: Hashable, account: EbAccount, endpoint: PusherEndpoint, *, clock: Clock,
-                 logger: Logger, metrics: DriverMetrics, pong_timeout: float = 30.0) -> None:
+                 logger: Logger, metrics: DriverMetrics, pong_timeout: float = 30.0,
+                 close_timeout: float = STOP_TIMEOUT) -> None:
         self.key = key
         self.account = account
         self._log = logger
@@ -102,8 +104,9 @@ class LiveHub:
         self._by_location: dict[str, set[str]] = {}
         self._sensors: dict[tuple[str, str], SensorInfo] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._close_timeout = close_timeout
         self.pusher = PusherClient(account.api.http, endpoint, self._authorize, self, clock=clock, logger=logger,
-                                   metrics=metrics, pong_timeout=pong_timeout)
+                                   metrics=metrics, pong_timeout=pong_timeout, close_timeout=close_timeout)
 
     # ---- modules ----------------------------------------------------------------------------
 
@@ -143,11 +146,9 @@ class LiveHub:
         self.pusher.start()
 
     async def close(self) -> None:
-        """Stop the Pusher client and background fetches."""
+        """Stop the Pusher client and background fetches, waiting for neither longer than `close_timeout`."""
         await self.pusher.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._tasks), self._close_timeout, self._log, "EB sensor list fetches")
 
     def _drop_indexes(self, module_id: str) -> None:
         entry = self._modules.get(module_id)
@@ -257,6 +258,7 @@ class LiveHub:
         try:
             sensors = await self.account.api.get(SENSOR_LIST_PATH.format(location=location), list[SensorObject])
         except EmpathicBuildingError as exc:
+            raise_if_cancelled()  # close() cancelled the fetch: not a failure to count
             self._metrics.decode_error("eb_sensor_list")
             self._log.warning("could not list the sensors of location %s: %s", location, exc)
             return

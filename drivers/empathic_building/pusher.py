@@ -25,6 +25,7 @@ from drivers.empathic_building.errors import EmpathicBuildingError, PusherClosed
 from drivers.empathic_building.models import ConnectionEstablished, PusherErrorData, PusherFrame
 from runtime.clock import Clock
 from runtime.driver import DriverMetrics
+from runtime.tasks import STOP_TIMEOUT, cancel_and_wait, raise_if_cancelled
 
 PROTOCOL = 7
 CLIENT_NAME = "placeos-runtime-python"
@@ -88,7 +89,8 @@ class PusherClient:
     def __init__(self, http: aiohttp.ClientSession, endpoint: PusherEndpoint, authorizer: Authorizer,
                  listener: PusherListener, *, clock: Clock, logger: Logger, metrics: DriverMetrics,
                  pong_timeout: float = 30.0, connect_timeout: float = 30.0,
-                 backoff: tuple[float, float] = (1.0, 60.0), stable_after: float = 60.0) -> None:
+                 backoff: tuple[float, float] = (1.0, 60.0), stable_after: float = 60.0,
+                 close_timeout: float = STOP_TIMEOUT) -> None:
         self._http = http
         self.endpoint = endpoint
         self._authorize = authorizer
@@ -100,6 +102,7 @@ class PusherClient:
         self._connect_timeout = connect_timeout
         self._backoff_first, self._backoff_cap = backoff
         self._stable_after = stable_after
+        self._close_timeout = close_timeout  # wall-clock seconds: shutdown must end even on a frozen test clock
         self._channels: set[str] = set()
         self._subscribed: set[str] = set()
         self._sub_tasks: dict[str, asyncio.Task[None]] = {}
@@ -144,11 +147,10 @@ class PusherClient:
                 self._start_subscribe(ws, socket_id, channel, 0.0)
 
     async def close(self) -> None:
-        """Stop the client and close the socket."""
+        """Stop the client and close the socket; a loop still running after `close_timeout` is left behind."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait([task], self._close_timeout, self._log, "the Pusher connection loop")
         await self._drop_socket()
 
     # ---- the connection loop ---------------------------------------------------------------
@@ -162,11 +164,14 @@ class PusherClient:
             try:
                 code, reason = await self._session()
             except (aiohttp.ClientError, OSError, TimeoutError, _Reconnect, msgspec.DecodeError) as exc:
+                raise_if_cancelled()  # close() cancelled us and the cancellation came out as this error
                 self._log.warning("Pusher connection lost: %s", exc or type(exc).__name__)
             except Exception as exc:  # a bug in one session must not end live updates for good
+                raise_if_cancelled()
                 self._log.exception("Pusher session failed unexpectedly: %s", exc)
             finally:
                 await self._drop_socket()
+            raise_if_cancelled()  # a session may also end normally when a call in it swallowed the cancellation
             if code is None and self._last_error_code is not None:
                 code = self._last_error_code  # pusher:error carried the code, the close frame did not
             if code is not None and 4000 <= code <= 4099:
@@ -252,9 +257,9 @@ class PusherClient:
             for fut in (recv, timer):
                 if fut is not None and not fut.done():
                     fut.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                if timer is not None:
-                    await asyncio.gather(timer, return_exceptions=True)
+            if timer is not None:
+                # Never suppress CancelledError here: close() may be cancelling this task right now.
+                await asyncio.gather(timer, return_exceptions=True)
 
     async def _on_frame(self, ws: aiohttp.ClientWebSocketResponse, frame: PusherFrame) -> None:
         event, channel = frame.event, frame.channel
@@ -310,6 +315,7 @@ class PusherClient:
                 await ws.send_str(_encoder.encode({"event": "pusher:subscribe", "data": data}).decode())
                 return
             except (EmpathicBuildingError, aiohttp.ClientError, ConnectionError) as exc:
+                raise_if_cancelled()
                 attempt += 1
                 delay = min(self._backoff_cap, self._backoff_first * 2 ** (attempt - 1))
                 self._log.warning("Pusher auth for %s failed (%s); retrying in %.0f s", channel, exc, delay)
@@ -336,10 +342,7 @@ class PusherClient:
         self._socket_id = None
         tasks = list(self._sub_tasks.values())
         self._sub_tasks.clear()
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks, self._close_timeout, self._log, "Pusher subscription tasks")
         for channel in list(self._subscribed):
             self._set_status(channel, False)
         if ws is not None and not ws.closed:

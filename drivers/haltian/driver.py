@@ -16,7 +16,7 @@ from drivers.haltian.models import (
     iso,
     spellings_of,
 )
-from drivers.haltian.occupancy import STATE_FILE, LocalCounter, parse_time_of_day
+from drivers.haltian.occupancy import LocalCounter, parse_time_of_day
 from drivers.haltian.stream import Binding, HaltianStream
 from runtime.driver import Driver, ModuleContext, command
 from runtime.mqtt import MqttEndpoint
@@ -78,7 +78,7 @@ class HaltianDriver(Driver[HaltianSettings]):
 
     def __init__(self, ctx: ModuleContext, settings: HaltianSettings) -> None:
         super().__init__(ctx, settings)
-        self.counter = LocalCounter(ctx.state_dir / STATE_FILE, ctx.logger)
+        self.counter = LocalCounter(ctx)
         self.room = RoomState(ctx.set_state, self.counter)
         self.stream: HaltianStream | None = None
         self._stream_key: tuple[str, ...] = ()

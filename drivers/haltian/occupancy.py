@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import msgspec
 
@@ -47,12 +47,27 @@ _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder(Saved)
 
 
+class Home(Protocol):
+    """Where a counter keeps its file and reports problems: the module's context."""
+
+    @property
+    def state_dir(self) -> Path:
+        """The module's state directory."""
+        ...
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """The module's logger."""
+        ...
+
+
 class LocalCounter:
     """In/out counters of one module, with the four resets applied from outside and persistence."""
 
-    def __init__(self, path: Path, logger: logging.Logger | logging.LoggerAdapter[logging.Logger]) -> None:
-        self.path = path
-        self._log = logger
+    __slots__ = ("_home", "capacity", "mode", "reset_below", "save_failed", "state")
+
+    def __init__(self, home: Home) -> None:
+        self._home = home  # asked for its directory and logger only when needed (10,000 modules)
         self.mode: Literal["delta", "cumulative"] = "delta"
         self.capacity: int | None = None
         self.reset_below: int | None = None
@@ -66,6 +81,15 @@ class LocalCounter:
         self.mode = mode
         self.capacity = capacity
         self.reset_below = reset_below
+
+    @property
+    def path(self) -> Path:
+        """The state file."""
+        return self._home.state_dir / STATE_FILE
+
+    @property
+    def _log(self) -> logging.LoggerAdapter[logging.Logger]:
+        return self._home.logger
 
     # -- the count ---------------------------------------------------------------------------
 
@@ -142,35 +166,37 @@ class LocalCounter:
 
     def load(self) -> bool:
         """Restore from the state file; False when there is none (or it is unreadable)."""
+        path = self.path
         try:
-            data = self.path.read_bytes()
+            data = path.read_bytes()
         except FileNotFoundError:
             return False
         except OSError as exc:
-            self._log.warning("cannot read %s: %s; starting from zero", self.path, exc)
+            self._log.warning("cannot read %s: %s; starting from zero", path, exc)
             return False
         try:
             self.state = _DECODER.decode(data)
         except msgspec.DecodeError as exc:
-            self._log.warning("ignoring corrupt %s: %s", self.path, exc)
+            self._log.warning("ignoring corrupt %s: %s", path, exc)
             return False
         return True
 
     def save(self, now: float) -> None:
         """Write the state file atomically (a failure is logged once per streak, never raised)."""
         self.state.saved_at = now
-        tmp = self.path.with_suffix(".tmp")
+        path = self.path
+        tmp = path.with_suffix(".tmp")
         data = _ENCODER.encode(self.state)
         try:
             try:
                 tmp.write_bytes(data)
             except FileNotFoundError:  # the first save of this module: its directory is made now
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                path.parent.mkdir(parents=True, exist_ok=True)
                 tmp.write_bytes(data)
-            os.replace(tmp, self.path)
+            os.replace(tmp, path)
         except OSError as exc:
             if not self.save_failed:
-                self._log.warning("cannot save the people count to %s: %s", self.path, exc)
+                self._log.warning("cannot save the people count to %s: %s", path, exc)
             self.save_failed = True
             return
         self.save_failed = False

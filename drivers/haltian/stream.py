@@ -36,8 +36,11 @@ from runtime.clock import Clock
 from runtime.driver import DriverMetrics, Transports
 from runtime.errors import ConnectionRefused
 from runtime.mqtt import MqttEndpoint, MqttSession, SessionListener
+from runtime.tasks import finish_within
 
 _log = logging.getLogger("drivers.haltian.stream")
+# A graceful stop may spend 5 s on DISCONNECT and 2 s closing the socket before it cancels the supervisor.
+CLOSE_TIMEOUT = 10.0
 
 
 class StreamSink(Protocol):
@@ -107,7 +110,7 @@ class HaltianStream(SessionListener):
         self._bindings: dict[StreamSink, Binding] = {}
         self._metrics: dict[StreamSink, DriverMetrics] = {}
         self._routes: dict[str, tuple[StreamSink, ...]] = {}
-        self._device_filters: dict[str, frozenset[str]] = {}
+        self._device_filters: dict[str, int] = {}  # device -> how many filters it needs (built when used)
         self._specific = 0
         self._subscribed: set[str] = set()
         self._up = False
@@ -143,8 +146,9 @@ class HaltianStream(SessionListener):
             self._apply(requalify=requalify)
 
     async def close(self) -> None:
-        """Stop the session; called when the last module lets go."""
-        await self.session.stop()
+        """Stop the session; called when the last module lets go. Waits at most `CLOSE_TIMEOUT` seconds."""
+        await finish_within(self.session.stop(), CLOSE_TIMEOUT, _log,
+                            f"stopping the Haltian session of integration {self.integration_id}")
 
     # -- bindings ----------------------------------------------------------------------------
 
@@ -186,18 +190,18 @@ class HaltianStream(SessionListener):
 
     def _refilter(self, devices: Iterable[str]) -> None:
         for device in devices:
-            old = self._device_filters.pop(device, frozenset())
-            self._specific -= len(old)
+            self._specific -= self._device_filters.pop(device, 0)
             sinks = self._routes.get(device)
             if not sinks:
                 continue
-            filters = self._filters_for(device, [self._bindings[s] for s in sinks])
-            self._device_filters[device] = filters
-            self._specific += len(filters)
+            needed = len(self._filters_for(device, sinks))
+            self._device_filters[device] = needed
+            self._specific += needed
 
-    def _filters_for(self, device: str, bindings: list[Binding]) -> frozenset[str]:
+    def _filters_for(self, device: str, sinks: Iterable[StreamSink]) -> frozenset[str]:
         spellings: set[str] = set()
-        for binding in bindings:
+        for sink in sinks:
+            binding = self._bindings[sink]
             if binding.spellings is None:
                 return frozenset({f"{self.prefix}/+/+/{device}"})
             spellings |= binding.spellings
@@ -211,8 +215,8 @@ class HaltianStream(SessionListener):
         if self._specific + 1 > self.subscription_limit:
             return {f"{self.prefix}/#"}
         wanted = {f"{self.prefix}/notifications/+"}
-        for filters in self._device_filters.values():
-            wanted |= filters
+        for device, sinks in self._routes.items():
+            wanted |= self._filters_for(device, sinks)
         return wanted
 
     def _apply(self, *, requalify: bool = False) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from zoneinfo import ZoneInfo
 
-from runtime.clock import FakeClock
+from runtime.clock import FakeClock, TimerQueue
 from runtime.scheduler import Scheduler, next_daily
 
 HEL = ZoneInfo("Europe/Helsinki")
@@ -109,3 +110,65 @@ async def test_immediately_runs_without_the_clock_moving() -> None:
     assert runs == [0]
     await clock.advance(60)
     assert runs == [0, 60]
+
+
+async def test_many_schedulers_share_one_clock_timer() -> None:
+    clock = FakeClock()
+    timers = TimerQueue(clock)
+    runs: list[tuple[int, float]] = []
+    schedulers = [Scheduler(clock, HEL, logging.getLogger("t"), timers=timers) for _ in range(50)]
+    for i, sched in enumerate(schedulers):
+        sched.every(10 + i % 3, lambda i=i: runs.append((i, clock.monotonic())))  # type: ignore[misc]
+        sched.after(5, lambda: None)
+    assert clock.sleepers == 1  # one armed clock timer for 100 jobs
+    assert len(timers) == 100
+    await clock.advance(12)
+    assert sorted(runs) == sorted([(i, 10 + i % 3) for i in range(50)])
+    assert len(timers) == 50  # the one-off jobs are gone, the periodic ones wait again
+    for sched in schedulers:
+        sched.clear()
+    assert len(timers) == 0
+    runs.clear()
+    await clock.advance(100)
+    assert runs == []
+
+
+async def test_timer_queue_order_failures_and_callbacks_added_while_firing() -> None:
+    clock = FakeClock()
+    timers = TimerQueue(clock)
+    seen: list[str] = []
+
+    def boom() -> None:
+        seen.append("boom")
+        raise RuntimeError("a broken callback")
+
+    def chain() -> None:
+        seen.append("chain")
+        timers.call_later(0, lambda: seen.append("queued while firing"))
+
+    timers.call_later(3, lambda: seen.append("c"))
+    timers.call_later(1, boom)
+    timers.call_later(1, lambda: seen.append("after boom"))
+    timers.call_later(2, chain)
+    timers.call_later(2, lambda: seen.append("cancelled")).cancel()
+    errors: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
+    await clock.advance(5)
+    assert seen == ["boom", "after boom", "chain", "queued while firing", "c"]
+    assert [str(e["exception"]) for e in errors] == ["a broken callback"]
+
+
+async def test_timer_queue_drops_cancelled_entries() -> None:
+    clock = FakeClock()
+    timers = TimerQueue(clock)
+    fired: list[int] = []
+    handles = [timers.call_later(100 + i, lambda i=i: fired.append(i)) for i in range(3000)]  # type: ignore[misc]
+    for handle in handles[:2900]:
+        handle.cancel()
+    assert len(timers) == 100
+    timers.call_later(1, lambda: fired.append(-1))
+    await clock.advance(2)
+    assert fired == [-1]
+    assert len(timers._heap) == 100  # compacted once most entries were cancelled
+    await clock.advance(3200)  # the live ones are due at 3000..3099 s
+    assert fired == [-1, *range(2900, 3000)]

@@ -6,14 +6,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
 
-from drivers.empathic_building.api import EbApi
+from drivers.empathic_building.api import EbApi, Response
 from drivers.empathic_building.auth import StaticToken, TokenManager, UserTokens
-from drivers.empathic_building.errors import InvalidMeasurement
+from drivers.empathic_building.errors import InvalidMeasurement, TransientApiError
 from drivers.empathic_building.gateway import Gateway
 from drivers.empathic_building.models import Temperature
 from drivers.empathic_building.spool import SPOOL_FILE, DeadLetter, DeadLetterFile, Spool
@@ -239,3 +239,42 @@ async def test_spool_and_dead_letters_make_their_directory(tmp_path: Path) -> No
     assert not letters.path.parent.exists()  # counting what is there makes nothing
     await letters.add([DeadLetter(time=1.0, status=400, reason="invalid", measurement={"type": "x"})])
     assert await letters.open() == 1
+
+
+class StalledApi(EbApi):
+    """Requests never get an answer, and cancelling one comes out as `TransientApiError` (as when the HTTP
+    client reports the connection it was told to drop)."""
+
+    def __init__(self) -> None:
+        super().__init__(cast(aiohttp.ClientSession, None), "http://127.0.0.1:9", StaticToken(GATEWAY_TOKEN))
+        self.requests = 0
+        self.sending = asyncio.Event()
+
+    async def request(self, method: str, path: str, *, body: bytes | None = None,
+                      form: dict[str, str] | None = None, timeout: float | None = None) -> Response:
+        """Wait for an answer that never comes."""
+        self.requests += 1
+        self.sending.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise TransientApiError(f"{method} {path}: ServerDisconnectedError") from None
+        raise AssertionError("unreachable")
+
+
+async def test_a_cancelled_sender_stops_even_when_the_request_reports_an_error(clock: FakeClock,
+                                                                              tmp_path: Path) -> None:
+    api = StalledApi()
+    gateway = Gateway(api, Spool(tmp_path), DeadLetterFile(tmp_path), clock=clock, logger=log, metrics=FakeMetrics())
+    await gateway.open()
+    assert (await gateway.submit([temp(1)])).accepted == 1
+    task = asyncio.create_task(gateway.run(), name="test-gateway")
+    await api.sending.wait()
+    task.cancel()
+    async with asyncio.timeout(5.0):  # a failure bound only
+        await asyncio.wait({task})
+    assert task.cancelled()
+    await clock.advance(600)
+    assert api.requests == 1 and gateway.retry_delays == []
+    assert gateway.pending == 1  # still spooled for the next run
+    gateway.spool.close()

@@ -27,7 +27,7 @@ _log = logging.getLogger("tests.pusher_cancel")
 
 
 class GatedClock(FakeClock):
-    """A fake clock whose cancelled sleeps, while held, stay busy until released or cancelled once more.
+    """A fake clock that can make the next cancelled sleep stay busy until it is cancelled once more.
 
     The Pusher session waits for its timer task to finish cancelling when the socket closes; holding that
     keeps the client inside its end-of-session clean-up, where a `close()` arriving at that moment lands.
@@ -35,30 +35,26 @@ class GatedClock(FakeClock):
 
     def __init__(self) -> None:
         super().__init__()
-        self._open = asyncio.Event()
-        self._open.set()
+        self._armed = False
         self.holding = 0
 
-    def hold(self) -> None:
-        """From now on, a cancelled sleep waits for `release()` (or a second cancel) before it ends."""
-        self._open.clear()
-
-    def release(self) -> None:
-        """Let held sleeps end."""
-        self._open.set()
+    def hold_next_cancel(self) -> None:
+        """The next sleep that is cancelled keeps running until it is cancelled a second time."""
+        self._armed = True
 
     async def sleep(self, seconds: float) -> None:
         """Sleep on the fake clock; see the class docstring for cancellation."""
         try:
             await super().sleep(seconds)
         except asyncio.CancelledError:
-            if not self._open.is_set():
-                self.holding += 1
-                try:
-                    await self._open.wait()
-                finally:
-                    self.holding -= 1
-            raise
+            if not self._armed:
+                raise
+            self._armed = False
+            self.holding += 1
+            try:
+                await asyncio.Event().wait()  # ends only by the second cancellation
+            finally:
+                self.holding -= 1
 
 
 @pytest.fixture
@@ -91,9 +87,10 @@ async def no_auth(channel: str, socket_id: str) -> str:
     raise AssertionError(f"unexpected auth for {channel}")
 
 
-def client(http: Any, endpoint: PusherEndpoint, clock: FakeClock, **extra: Any) -> PusherClient:
+def client(http: Any, endpoint: PusherEndpoint, clock: FakeClock, listener: Listener | None = None,
+           **extra: Any) -> PusherClient:
     """A client on the public channel."""
-    pusher = PusherClient(cast(aiohttp.ClientSession, http), endpoint, no_auth, Listener(), clock=clock,
+    pusher = PusherClient(cast(aiohttp.ClientSession, http), endpoint, no_auth, listener or Listener(), clock=clock,
                           logger=_log, metrics=FakeMetrics(), **extra)
     pusher.set_channels({CHANNEL})
     return pusher
@@ -101,51 +98,50 @@ def client(http: Any, endpoint: PusherEndpoint, clock: FakeClock, **extra: Any) 
 
 class StalledHandshake:
     """Stands in for the HTTP session: the WebSocket handshake never completes, and its cancellation comes
-    out as `error` (as from a timeout helper racing the cancel, or a library reporting the torn connection)."""
+    out as `error` (as from a timeout helper racing the cancel, or a library reporting the torn connection).
+    Without an error it ignores cancellation altogether until `released` is set, then fails."""
 
-    def __init__(self, error: BaseException | None, *, stubborn: bool = False) -> None:
+    def __init__(self, error: BaseException | None) -> None:
         self.error = error
-        self.stubborn = stubborn
         self.attempts = 0
         self.connecting = asyncio.Event()
         self.released = asyncio.Event()
 
     async def ws_connect(self, url: str, **kwargs: Any) -> aiohttp.ClientWebSocketResponse:
-        """Wait; on cancellation raise `error` (a stubborn one keeps waiting until released)."""
+        """Wait; on cancellation raise `error`, or without one keep waiting until released."""
         self.attempts += 1
         self.connecting.set()
         while True:
             try:
                 await self.released.wait()
             except asyncio.CancelledError:
-                if self.stubborn:
-                    continue
                 if self.error is None:
-                    raise
+                    continue
                 raise self.error from None
             raise aiohttp.ClientConnectionError("handshake abandoned")
 
 
 async def test_close_while_the_session_cleans_up_after_the_server_left(eb: Eb, http: aiohttp.ClientSession,
                                                                         clock: GatedClock) -> None:
-    pusher = client(http, PusherEndpoint("127.0.0.1", eb.port, False, eb.server.app_key), clock)
+    listener = Listener()
+    pusher = client(http, PusherEndpoint("127.0.0.1", eb.port, False, eb.server.app_key), clock, listener)
     pusher.start()
     await eventually(lambda: pusher.is_subscribed(CHANNEL))
     task = pusher._task
     assert task is not None
-    clock.hold()
+    clock.hold_next_cancel()
     await eb.server.disconnect_all(4100, "over capacity")  # a loss that reconnects after a backoff
     await eventually(lambda: clock.holding == 1)  # the session is finishing: its timer is still being cancelled
-    try:
-        async with asyncio.timeout(BOUND):
-            await pusher.close()
-    finally:
-        clock.release()
+    async with asyncio.timeout(BOUND):
+        await pusher.close()
+    assert clock.holding == 0
     assert task.cancelled()
     await clock.advance(600)
     assert pusher.connections == 1
     assert pusher.reconnect_delays == []
     assert eb.server.channels_of_open_sockets() == []
+    assert listener.status == [(CHANNEL, True), (CHANNEL, False)]  # never subscribed again
+    assert listener.fatal == []
 
 
 @pytest.mark.parametrize("error", [TimeoutError(), aiohttp.ServerDisconnectedError(), ConnectionResetError()],
@@ -168,7 +164,7 @@ async def test_close_during_a_handshake_that_converts_the_cancellation(clock: Ga
 
 async def test_close_gives_up_on_a_loop_that_ignores_cancellation(clock: GatedClock,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
-    session = StalledHandshake(None, stubborn=True)
+    session = StalledHandshake(None)
     pusher = client(session, PusherEndpoint("127.0.0.1", 9, False, "key"), clock, close_timeout=0.05)
     pusher.start()
     await session.connecting.wait()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -220,13 +219,14 @@ async def test_idle_timeout_runs_across_a_restart(rig: Rig) -> None:
 
 
 def test_the_first_save_makes_the_state_directory(tmp_path: Path) -> None:
-    path = tmp_path / "state" / "mod-door" / STATE_FILE
-    counter = LocalCounter(path, logging.getLogger("test"))
+    home = FakeModuleContext("mod-door", state_dir=tmp_path / "state" / "mod-door")
+    path = home.state_dir / STATE_FILE
+    counter = LocalCounter(home)
     assert counter.load() is False  # nothing saved yet, and nothing made by looking
     assert not path.parent.exists()
     counter.movement(DEV_A, DirectionalValue(in_=2, out=0), 100.0)
     counter.save(100.0)
     assert not counter.save_failed
-    again = LocalCounter(path, logging.getLogger("test"))
+    again = LocalCounter(home)
     assert again.load() is True
     assert again.totals == (2, 0)
