@@ -135,6 +135,11 @@ async def _settle(rounds: int = 20) -> None:
         await asyncio.sleep(0)
 
 
+TURN_MAX = 256
+"""Callbacks a `TimerQueue` runs per event-loop turn: 10,000 modules' jobs falling due together must not
+stall the loop (and every message waiting in it) for the whole batch."""
+
+
 class _QueuedTimer:
     """One callback waiting in a `TimerQueue`."""
 
@@ -191,7 +196,9 @@ class TimerQueue:
         now = self._clock.monotonic()
         first_new = next(self._seq)  # callbacks queued while these run wait for the next turn
         heap = self._heap
-        while heap and heap[0][0] <= now and heap[0][1] < first_new:
+        budget = TURN_MAX
+        while heap and heap[0][0] <= now and heap[0][1] < first_new and budget:
+            budget -= 1
             entry = heapq.heappop(heap)[2]
             callback = entry.callback
             if callback is None:

@@ -76,7 +76,7 @@ class ModuleHost:
         self.driver_id = plan.driver_id
         self.name = plan.name
         self.prefixes = plan.prefixes
-        self.routes: dict[str, list[Route]] = {}
+        self.routes: dict[str, tuple[Route, ...]] = {}
         self.timezone = ZoneInfo(plan.timezone)
         self.metrics: DriverMetrics = manager.driver_counters(plan.driver_id)
         self.states: dict[str, StateEntry] = {}
@@ -410,7 +410,7 @@ class Manager:
             host.prefixes = module.prefixes
             host.name = module.name
             host.driver_id = module.driver_id
-            if host.plan.settings_json != module.settings_json or host.plan.timezone != module.timezone:
+            if host.plan.settings != module.settings or host.plan.timezone != module.timezone:
                 await host.update(module)
             else:
                 host.plan = module

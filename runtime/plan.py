@@ -7,7 +7,7 @@ their paths; `check` prints the plan it returns.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -38,18 +38,13 @@ class ModulePlan(msgspec.Struct, frozen=True):
     driver_id: str
     driver_key: str
     name: str
-    settings_json: bytes  # the merged settings, encoded: a third of the memory of the dicts and lists
+    settings: dict[str, Any]  # merged; its values are the settings file's own objects, shared, not copied
     timezone: str
     bindings: tuple[Binding, ...]
 
-    @property
-    def settings(self) -> dict[str, Any]:
-        """The merged settings (decoded on each call)."""
-        return cast(dict[str, Any], msgspec.json.decode(self.settings_json))
-
     def driver_settings(self, settings_type: type[S]) -> S:
-        """The merged settings as the driver's Struct (its defaults filled in)."""
-        return msgspec.json.decode(self.settings_json, type=settings_type, strict=False)
+        """The merged settings as the driver's Struct (its defaults filled in, values shared)."""
+        return msgspec.convert(self.settings, settings_type, strict=False)
 
     @property
     def prefixes(self) -> tuple[str, ...]:
@@ -303,8 +298,8 @@ def build_plan(site: Site, registry: Registry) -> Plan:
             Binding(sys_id, idx, topics.state_prefix(org, systems[sys_id].levels, sys_id, record.id,
                                                      resolved_names[module.id], idx))
             for sys_id, idx in placements)
-        module_plans[module.id] = ModulePlan(module.id, record.id, record.driver, resolved_names[module.id],
-                                             msgspec.json.encode(merged), tz, bindings)
+        module_plans[module.id] = ModulePlan(module.id, record.id, record.driver, resolved_names[module.id], merged,
+                                             tz, bindings)
 
     c.problems += validate_privacy(site, resolved_names)
     if c.problems:

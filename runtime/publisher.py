@@ -77,7 +77,7 @@ class Source(Protocol):
     module_id: str
     driver_id: str
     prefixes: tuple[str, ...]
-    routes: dict[str, list[Route]]
+    routes: dict[str, tuple[Route, ...]]
     states: dict[str, StateEntry]
 
 
@@ -423,8 +423,9 @@ class Publisher:
 
     # -- state ------------------------------------------------------------------------------
 
-    def routes(self, source: Source, key: str) -> list[Route]:
-        """How one state key of one module reaches each lane (built once per key)."""
+    def routes(self, source: Source, key: str) -> tuple[Route, ...]:
+        """How one state key of one module reaches each lane (built once per key, kept as a tuple: there are
+        many of them)."""
         built: list[Route] = []
         for lane in self._lanes:
             scoped = lane.rules.scope(source.driver_id, source.module_id, key) if lane.rules is not None else None
@@ -435,8 +436,8 @@ class Publisher:
                     continue
                 out_key = scoped.key
             built.append((lane, tuple(topics.state_topic(p, out_key) for p in source.prefixes), scoped))
-        source.routes[key] = built
-        return built
+        routes = source.routes[key] = tuple(built)
+        return routes
 
     def state_changed(self, source: Source, key: str) -> None:
         """Queue a changed (or cleared) state key for every broker; its latest value is rendered on its turn."""

@@ -34,6 +34,10 @@ def mean(values: list[float]) -> float | int:
 class RoomState:
     """Combines one module's devices into its state keys."""
 
+    __slots__ = ("_detail", "_group_count", "_group_moves", "_group_occupancy", "_held", "_numbers", "_occupancy",
+                 "_offline", "_presence", "_seen", "_set", "counter", "group", "labels", "last_heard", "stale_after",
+                 "types")
+
     def __init__(self, set_state: SetState, counter: LocalCounter) -> None:
         self._set = set_state
         self.counter = counter
@@ -57,14 +61,15 @@ class RoomState:
 
     def configure(self, labels: dict[str, str | None], group: str | None, types: frozenset[str] | None,
                   stale_after: float) -> None:
-        """Bind devices (id -> label), a group and a type filter; values of devices no longer bound go."""
+        """Bind devices (id -> label, a dict this takes over), a group and a type filter; values of devices no
+        longer bound go."""
         gone = set(self.labels) - set(labels)
         if self.group is not None and self.group != group:
             gone.add(self.group)
             self._group_occupancy = None
             self._group_count = None
             self._group_moves = None
-        self.labels = dict(labels)
+        self.labels = labels
         if group is not None:
             self.labels.setdefault(group, None)
         self.group = group

@@ -150,7 +150,7 @@ class HaltianDriver(Driver[HaltianSettings]):
         self.stream = stream
         self._stream_key = key
         stream.configure(endpoint, qos=s.qos, subscription_limit=s.subscription_limit)
-        devices = frozenset(labels) | ({group} if group else frozenset())
+        devices = (*labels, group) if group and group not in labels else tuple(labels)
         stream.bind(self, Binding(devices, _spellings(s.measurements)), ctx.metrics)
 
     async def _bind_api(self, s: HaltianSettings) -> None:

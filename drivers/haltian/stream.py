@@ -66,7 +66,7 @@ class StreamSink(Protocol):
 class Binding(msgspec.Struct, frozen=True):
     """A module's interest: its devices and, optionally, the type spellings it wants."""
 
-    devices: frozenset[str]
+    devices: tuple[str, ...]  # a module binds a handful: a tuple is a quarter of a frozenset's size
     spellings: frozenset[str] | None = None
 
 
@@ -159,8 +159,8 @@ class HaltianStream(SessionListener):
         self._metrics[sink] = metrics
         touched = set(binding.devices)
         if old is not None:
-            touched |= old.devices
-            for device in old.devices - binding.devices:
+            touched.update(old.devices)
+            for device in set(old.devices).difference(binding.devices):
                 self._route_remove(device, sink)
         for device in binding.devices:
             sinks = self._routes.get(device, ())

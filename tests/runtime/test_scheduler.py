@@ -7,7 +7,7 @@ import datetime as dt
 import logging
 from zoneinfo import ZoneInfo
 
-from runtime.clock import FakeClock, TimerQueue
+from runtime.clock import TURN_MAX, FakeClock, TimerQueue
 from runtime.scheduler import Scheduler, next_daily
 
 HEL = ZoneInfo("Europe/Helsinki")
@@ -172,3 +172,21 @@ async def test_timer_queue_drops_cancelled_entries() -> None:
     assert len(timers._heap) == 100  # compacted once most entries were cancelled
     await clock.advance(3200)  # the live ones are due at 3000..3099 s
     assert fired == [-1, *range(2900, 3000)]
+
+
+async def test_timer_queue_lets_the_loop_run_between_large_batches() -> None:
+    clock = FakeClock()
+    timers = TimerQueue(clock)
+    ran: list[int] = []
+    seen_by_loop: list[int] = []
+
+    def first() -> None:
+        ran.append(0)
+        asyncio.get_running_loop().call_soon(lambda: seen_by_loop.append(len(ran)))
+
+    timers.call_later(10, first)
+    for i in range(1, 1000):
+        timers.call_later(10, lambda i=i: ran.append(i))  # type: ignore[misc]
+    await clock.advance(10)
+    assert ran == list(range(1000))
+    assert seen_by_loop == [TURN_MAX]  # other work ran after the first batch, before the rest

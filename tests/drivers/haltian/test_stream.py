@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+from drivers.haltian.aggregate import RoomState
 from runtime.errors import ConnectionRefused
 from tests.drivers.haltian.conftest import API_KEY, DEV_A, DEV_B, GROUP, INTEGRATION, PREFIX, Rig
 
@@ -113,10 +114,13 @@ async def test_a_failing_module_handler_does_not_starve_the_others(rig: Rig) -> 
     _, fine = await rig.module("mod-2", devices=[DEV_A])
     rig.session.go_up()
 
-    def explode(*_args: object) -> bool:
-        raise RuntimeError("bug")
+    class Exploding(RoomState):
+        __slots__ = ()
 
-    broken.room.measurement = explode  # type: ignore[method-assign,assignment]
+        def measurement(self, *_args: object, **_kwargs: object) -> bool:
+            raise RuntimeError("bug")
+
+    broken.room.__class__ = Exploding
     rig.send("co2", DEV_A, 500)
     assert fine.states["co2"] == 500
 
