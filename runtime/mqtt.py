@@ -136,6 +136,18 @@ class _Client(gmqtt.Client):  # type: ignore[misc]
     inflight_storage: _InflightStorage
     deliver: Callable[[str, bytes, int, bool], None]
     _acks: list[bytes]
+    _gmqtt_publish: Callable[[int, bytes], None]  # gmqtt's own PUBLISH parser, for what this one leaves
+
+    def use_fast_publish(self) -> None:
+        """Route incoming PUBLISH packets through `_handle_publish_packet` below.
+
+        gmqtt parses packets in a separate handler object, which looks its methods up by name on
+        itself (and caches them); an instance attribute there is found first.
+        """
+        handler = self._package_handler
+        self._gmqtt_publish = handler._handle_publish_packet
+        handler._handle_publish_packet = self._handle_publish_packet
+        handler._handler_cache.pop(0x30, None)
 
     async def reconnect(self, delay: bool = False) -> None:
         self.lost.set()
@@ -148,12 +160,12 @@ class _Client(gmqtt.Client):  # type: ignore[misc]
         end = start + (2 if qos else 0) + v5
         if qos == 2 or size == 0 or len(raw) < end or (v5 and raw[end - 1] != 0):
             # QoS 2, a topic alias, properties or a truncated packet: gmqtt knows those.
-            super()._handle_publish_packet(cmd, raw)
+            self._gmqtt_publish(cmd, raw)
             return
         try:
             topic = raw[2:start].decode()
         except UnicodeDecodeError:
-            super()._handle_publish_packet(cmd, raw)
+            self._gmqtt_publish(cmd, raw)
             return
         if qos:
             if not self._acks:
@@ -414,6 +426,7 @@ class MqttSession:
         client.inflight_storage = storage
         client.deliver = self._deliver
         client._acks = []
+        client.use_fast_publish()
         if ep.username is not None:
             client.set_auth_credentials(ep.username, ep.password)
         client.on_message = self._on_message

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from typing import Literal
 
 import pytest
+from gmqtt.mqtt.handler import MqttPackageHandler
 
 from runtime.errors import ConnectionRefused
 from runtime.mqtt import Backoff, MqttEndpoint, MqttSession, SessionListener
+from tests.support.broker import Mosquitto
 
 
 class Refuser:
@@ -110,3 +113,46 @@ async def test_mqtt5_refused_falls_back_to_3_1_1() -> None:
         await session.stop()
         await broker.stop()
     assert broker.levels[:2] == [5, 4]  # MQTT 5 first, then 3.1.1
+
+
+class Inbox(SessionListener):
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes, int, bool]] = []
+
+    def on_message(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        self.messages.append((topic, payload, qos, retain))
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_plain_publishes_take_the_lean_receive_path(broker: Mosquitto, protocol: Literal["5", "3.1.1"],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    slow: list[int] = []
+    gmqtt_parser = MqttPackageHandler._handle_publish_packet
+
+    def counting(handler: MqttPackageHandler, cmd: int, raw: bytes) -> None:
+        slow.append(cmd)
+        gmqtt_parser(handler, cmd, raw)
+
+    monkeypatch.setattr(MqttPackageHandler, "_handle_publish_packet", counting)
+    inbox = Inbox()
+    reader = MqttSession(MqttEndpoint(broker.url, protocol=protocol, client_id=f"reader-{protocol}"), inbox, name="r")
+    writer = MqttSession(MqttEndpoint(broker.url, protocol=protocol, client_id=f"writer-{protocol}"), Inbox(),
+                         name="w")
+    reader.start()
+    writer.start()
+    try:
+        assert await reader.wait_connected(10) and await writer.wait_connected(10)
+        reader.subscribe({"lean/#": 1})
+        await asyncio.sleep(0.2)  # the SUBACK
+        for qos in (0, 1):
+            writer.publish_batch([(f"lean/{qos}/{i}", b"%d" % i) for i in range(200)], qos, False)
+        for _ in range(500):
+            if len(inbox.messages) >= 400:
+                break
+            await asyncio.sleep(0.01)
+        got = sorted((t, p, q) for t, p, q, _ in inbox.messages)
+        assert got == sorted((f"lean/{q}/{i}", b"%d" % i, q) for q in (0, 1) for i in range(200))
+        assert slow == []  # none went through gmqtt's parser
+    finally:
+        await writer.stop()
+        await reader.stop()
