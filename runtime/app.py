@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import hashlib
 import logging
 import os
@@ -18,6 +17,7 @@ from typing import Any
 from runtime.clock import Clock, SystemClock
 from runtime.embedded import EmbeddedBroker
 from runtime.errors import SettingsError
+from runtime.gcpolicy import GcPolicy
 from runtime.http import HttpApi
 from runtime.manager import Manager
 from runtime.metrics import Metrics
@@ -60,7 +60,8 @@ class Runtime:
         self._embedded: list[EmbeddedBroker] = []
         self._backoff_initial = backoff_initial
         self._stop = asyncio.Event()
-        self._gc_frozen = False
+        self.gc: GcPolicy | None = None
+        """The collector policy, when running as the process (`run`)."""
 
     def load(self) -> Plan:
         """Read and resolve the settings file (raises `SettingsError`)."""
@@ -125,9 +126,6 @@ class Runtime:
                 self.metrics.reloads.labels("failed").inc()
                 _log.error("settings reload rejected; the running configuration stays: %s", "; ".join(exc.problems))
                 return False, {"errors": exc.problems}
-            if self._gc_frozen:
-                gc.unfreeze()  # what this reload replaces must be collectable again
-                self._gc_frozen = False
             site = plan.site
             if site.org.id != old.org or site.http != old.site.http or site.state_dir != old.site.state_dir:
                 _log.warning("settings reload: changes to org id, http or state_dir take effect at the next restart")
@@ -140,6 +138,8 @@ class Runtime:
             self.plan = plan
             await manager.apply(plan)
             await publisher.remove_outputs(removed)
+            if self.gc is not None and self.gc.active:
+                self.gc.reclaim()  # what the reload replaced may be frozen cyclic garbage
             self.metrics.reloads.labels("ok").inc()
             self._settings_info(plan)
             _log.info("settings reloaded: %d modules in %d systems", len(plan.modules), len(plan.systems))
@@ -159,20 +159,12 @@ class Runtime:
             await embedded.stop()
         self._embedded.clear()
 
-    @property
-    def gc_frozen(self) -> bool:
-        """True while the objects built at start-up are frozen out of garbage collection."""
-        return self._gc_frozen
-
-    async def _settle_gc(self) -> None:
+    async def _settle_gc(self, policy: GcPolicy) -> None:
         try:
             if self.manager is not None:
                 await self.manager.wait_loaded(self.manager.load_timeout)
         finally:
-            gc.enable()
-        gc.freeze()
-        self._gc_frozen = True
-        _log.debug("start-up objects frozen out of garbage collection: %d", gc.get_freeze_count())
+            policy.settle()
 
     def request_stop(self) -> None:
         """Ask `run` to shut down."""
@@ -202,19 +194,12 @@ class Runtime:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
         loop.add_signal_handler(signal.SIGHUP, on_hangup)
-        # Building a large site makes millions of long-lived objects and almost no cyclic garbage,
-        # yet the collector would traverse the growing heap again and again (seconds for 10,000
-        # modules). It is paused until the first loads are done, and what start-up built is then
-        # frozen out of later collections. Only here: this is a process-wide setting.
-        gc.disable()
+        policy = self.gc = GcPolicy(loop)
+        policy.pause()  # until the first loads are done (see runtime/gcpolicy.py)
         settle: asyncio.Task[None] | None = None
         try:
-            try:
-                await self.start()
-            except BaseException:
-                gc.enable()
-                raise
-            settle = loop.create_task(self._settle_gc(), name="gc-settle")
+            await self.start()
+            settle = loop.create_task(self._settle_gc(policy), name="gc-settle")
             await self._stop.wait()
         finally:
             if settle is not None:
@@ -225,4 +210,5 @@ class Runtime:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(signum)
+            policy.close()  # after stopping: unfrozen, the heap would be walked while shutting down
         return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.app import Runtime
+from runtime.errors import SettingsError
 from runtime.plan import build_plan
 from runtime.settings import load_document
 from tests.support.broker import Mosquitto, free_port
@@ -73,7 +74,7 @@ async def test_module_state_directories_are_left_to_the_drivers(broker: Mosquitt
         assert not host.state_dir.exists()
 
 
-async def test_run_pauses_the_collector_while_loading_then_freezes_what_start_up_built(
+async def test_run_pauses_the_collector_while_loading_then_freezes_what_lives_long(
         broker: Mosquitto, tmp_path: Path) -> None:
     path = write_settings(tmp_path / "site.yaml", site(broker.url))
     rt = Runtime(path, registry=registry(), backoff_initial=0.05)
@@ -81,18 +82,41 @@ async def test_run_pauses_the_collector_while_loading_then_freezes_what_start_up
     task = asyncio.create_task(rt.run())
     try:
         for _ in range(500):
-            if rt.gc_frozen:
+            if rt.gc is not None and rt.gc.active:
                 break
             await asyncio.sleep(0.01)
-        assert rt.gc_frozen
+        policy = rt.gc
+        assert policy is not None and policy.active
         assert gc.isenabled()
+        assert gc.get_freeze_count() > 0
+        gc.unfreeze()
+        gc.collect()  # whatever earlier tests left behind
+        gc.collect()  # a full collection that finds nothing: its survivors get frozen
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert policy.freezes >= 1
         assert gc.get_freeze_count() > 0
         ok, _ = await rt.reload()
         assert ok
-        assert gc.get_freeze_count() == 0  # what a reload replaces can be collected again
-        assert not rt.gc_frozen
+        assert policy.reclaims == 1  # what the reload replaced was collected, frozen or not
+        assert gc.get_freeze_count() > 0
     finally:
         rt.request_stop()
         assert await asyncio.wait_for(task, 30) == 0
-        gc.unfreeze()
     assert gc.isenabled()
+    assert gc.get_freeze_count() == 0  # nothing stays frozen after the run
+    assert rt.gc is not None and not rt.gc.active
+
+
+def test_a_failed_start_leaves_the_collector_on(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("org: [not, a, mapping]\n")
+    rt = Runtime(path, registry=registry())
+    try:
+        asyncio.run(rt.run())
+    except SettingsError:
+        pass
+    else:
+        raise AssertionError("an invalid settings file must fail the start")
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == 0
