@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec
 
-from runtime.publisher import BATCH
+from runtime.publisher import BATCH, WRITE_MAX
 from tests.support.broker import Mosquitto
 from tests.support.site import ProbeDriver, running, site, write_settings
 from tests.support.subscriber import Subscriber, retained
@@ -227,6 +227,21 @@ async def test_a_burst_coalesces_to_the_latest_value_per_topic(broker: Mosquitto
     assert len(burst) == 1000  # every topic once, with its latest value
     for i in range(1000):
         assert sub.latest[f"{ROOM}/b{i}"].endswith(b'"value":"%d"}' % (4000 + i))
+
+
+async def test_a_qos0_backlog_larger_than_one_write_all_goes_out(broker: Mosquitto, tmp_path: Path) -> None:
+    # Start-up metadata, a reconcile or a republish after reconnecting queue thousands of topics at once.
+    doc = site(broker.url, brokers=[{"name": "local", "url": broker.url, "client_id": "rt-test", "qos": 0}])
+    count = 3 * WRITE_MAX + 7  # several socket writes, each on its own loop turn
+    with Subscriber(broker.port, f"{ROOM}/#") as sub:
+        async with running(write_settings(tmp_path / "site.yaml", doc)) as rt:
+            out = rt.publisher.outputs[0]  # type: ignore[union-attr]
+            for i in range(count):
+                out.put(f"{ROOM}/q{i}", b"%d" % i)
+            # No flush(): the drain alone must carry on until nothing is left.
+            everything = lambda s: sum(1 for t in s.latest if t.startswith(f"{ROOM}/q")) == count  # noqa: E731
+            assert await asyncio.to_thread(sub.wait_for, everything, 60)
+    assert sub.latest[f"{ROOM}/q{count - 1}"] == b"%d" % (count - 1)
 
 
 async def test_changes_under_a_full_window_wait_and_coalesce(tmp_path: Path) -> None:

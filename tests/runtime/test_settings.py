@@ -167,6 +167,22 @@ def test_bad_settings_are_reported_with_their_path(doc: Any, expected: str) -> N
     assert any(p.startswith(expected) for p in found), found
 
 
+@pytest.mark.parametrize(("doc", "expected"), [(d, e) for _n, d, e in BAD], ids=[n for n, _d, _e in BAD])
+def test_a_json_file_reports_the_same_problems(doc: Any, expected: str, tmp_path: Path) -> None:
+    # JSON files take a fast path straight into the Structs; a failure must still be explained.
+    with pytest.raises(SettingsError) as raised:
+        build_plan(load_settings(write_settings(tmp_path / "bad.json", doc), {}), registry())
+    assert any(p.startswith(expected) for p in raised.value.problems), raised.value.problems
+
+
+def test_a_json_file_loads_as_its_document_does_and_expands_variables(tmp_path: Path) -> None:
+    doc = site(URL)
+    assert load_settings(write_settings(tmp_path / "site.json", doc), {}) == load_document(doc, {})
+    doc["brokers"][0]["qos"] = "${QOS}"
+    loaded = load_settings(write_settings(tmp_path / "vars.json", doc), {"QOS": "0"})
+    assert loaded.brokers[0].qos == 0
+
+
 def test_every_problem_is_reported_at_once() -> None:
     doc = site(URL)
     doc["systems"][0]["modules"].append("mod-zz")
