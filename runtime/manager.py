@@ -22,7 +22,7 @@ from runtime.driver import Driver, DriverMetrics, StateCallback, Transports
 from runtime.errors import DriverError
 from runtime.metrics import DriverCounters, Metrics
 from runtime.plan import ModulePlan, Plan
-from runtime.publisher import Publisher, Route, StateEntry
+from runtime.publisher import Publisher, Routes, StateEntry
 from runtime.registry import Registry
 from runtime.scheduler import Scheduler
 from runtime.shared import SharedServices
@@ -76,7 +76,7 @@ class ModuleHost:
         self.driver_id = plan.driver_id
         self.name = plan.name
         self.prefixes = plan.prefixes
-        self.routes: dict[str, tuple[Route, ...]] = {}
+        self.routes: dict[str, Routes] = {}
         self.timezone = ZoneInfo(plan.timezone)
         self.metrics: DriverMetrics = manager.driver_counters(plan.driver_id)
         self.states: dict[str, StateEntry] = {}

@@ -77,11 +77,14 @@ class Source(Protocol):
     module_id: str
     driver_id: str
     prefixes: tuple[str, ...]
-    routes: dict[str, tuple[Route, ...]]
+    routes: dict[str, Routes]
     states: dict[str, StateEntry]
 
 
 Route = tuple["Lane", tuple[str, ...], "StateFilter | None"]
+Routes = str | tuple[Route, ...]
+"""How one state key reaches the brokers: per lane, its topics and privacy rules; or, in the common case of
+one lane, one topic and no rule for the key, just that topic (a site may have 100,000 of them)."""
 
 
 class Output(SessionListener):
@@ -317,6 +320,7 @@ class Publisher:
         self.metrics = metrics
         self.outputs: list[Output] = []
         self._lanes: list[Lane] = []
+        self._single: Lane | None = None  # the only lane, when there is one
         self._drop = drop
         self._owned_prefixes: set[str] = set()
         self._metadata: Mapping[str, bytes] = {}
@@ -346,6 +350,7 @@ class Publisher:
             groups.setdefault((broker.payload, tuple(broker.privacy)), []).append(out)
         self.outputs = outputs
         self._lanes = [Lane(fmt, rules_for(list(names)), outs) for (fmt, names), outs in groups.items()]  # type: ignore[arg-type]
+        self._single = self._lanes[0] if len(self._lanes) == 1 else None
         return list(existing.values())
 
     def sync_metrics(self) -> None:
@@ -423,9 +428,16 @@ class Publisher:
 
     # -- state ------------------------------------------------------------------------------
 
-    def routes(self, source: Source, key: str) -> tuple[Route, ...]:
-        """How one state key of one module reaches each lane (built once per key, kept as a tuple: there are
-        many of them)."""
+    def routes(self, source: Source, key: str) -> Routes:
+        """How one state key of one module reaches the brokers (built once per key and kept: see `Routes`)."""
+        lanes = self._lane_routes(source, key)
+        routes: Routes = lanes
+        if len(lanes) == 1 and len(lanes[0][1]) == 1 and lanes[0][2] is None:
+            routes = lanes[0][1][0]
+        source.routes[key] = routes
+        return routes
+
+    def _lane_routes(self, source: Source, key: str) -> tuple[Route, ...]:
         built: list[Route] = []
         for lane in self._lanes:
             scoped = lane.rules.scope(source.driver_id, source.module_id, key) if lane.rules is not None else None
@@ -436,8 +448,7 @@ class Publisher:
                     continue
                 out_key = scoped.key
             built.append((lane, tuple(topics.state_topic(p, out_key) for p in source.prefixes), scoped))
-        routes = source.routes[key] = tuple(built)
-        return routes
+        return tuple(built)
 
     def state_changed(self, source: Source, key: str) -> None:
         """Queue a changed (or cleared) state key for every broker; its latest value is rendered on its turn."""
@@ -495,7 +506,18 @@ class Publisher:
 
     def _render(self, source: Source, key: str, entry: StateEntry | None, since: float) -> None:
         route = source.routes.get(key) or self.routes(source, key)
-        for lane, state_topics, scoped in route:
+        if isinstance(route, str):
+            single = self._single
+            if single is not None:
+                payload = CLEAR if entry is None else single.render(entry.raw, entry.time_ms)
+                for out in single.outputs:
+                    out.put(route, payload, since)
+                return
+            # Built before the brokers were reconfigured (reconcile rebuilds every route soon after).
+            lanes = self._lane_routes(source, key)
+        else:
+            lanes = route
+        for lane, state_topics, scoped in lanes:
             if entry is None:
                 payload = CLEAR
             elif scoped is None:
