@@ -18,7 +18,8 @@ from drivers.haltian.occupancy import LocalCounter
 SetState = Callable[[str, Any], None]
 MEAN_KEYS = tuple(s.state for s in SPECS.values() if s.combine == "mean" and s.state)
 MIN_KEYS = tuple(s.state for s in SPECS.values() if s.combine == "min" and s.state)
-_NONE: dict[str, tuple[float, Any]] = {}
+_TYPE_OF = {s.state: s.name for s in SPECS.values() if s.combine in ("mean", "min") and s.state}
+"""State key -> the one measurement type it combines."""
 OFFLINE = "deviceOffline"
 ONLINE = "deviceOnline"
 
@@ -31,67 +32,78 @@ def mean(values: list[float]) -> float | int:
     return result
 
 
+class Device:
+    """What a room holds of one bound device (a site may bind 10,000 devices: one slotted record each)."""
+
+    __slots__ = ("held", "label", "occupancy", "offline_at", "presence", "seen")
+
+    def __init__(self, label: str | None) -> None:
+        self.label = label
+        self.seen: float | None = None
+        self.held: dict[str, tuple[float, Any]] = {}  # canonical type -> (newest measured_at, its value)
+        self.presence: tuple[float, bool] | None = None
+        self.occupancy: tuple[bool, float | None] | None = None
+        self.offline_at: float | None = None
+
+
 class RoomState:
     """Combines one module's devices into its state keys."""
 
-    __slots__ = ("_detail", "_group_count", "_group_moves", "_group_occupancy", "_held", "_numbers", "_occupancy",
-                 "_offline", "_presence", "_seen", "_set", "counter", "group", "labels", "last_heard", "stale_after",
-                 "types")
+    __slots__ = ("_detail", "_devices", "_group_count", "_group_moves", "_group_occupancy", "_set", "counter",
+                 "group", "last_heard", "stale_after", "types")
 
     def __init__(self, set_state: SetState, counter: LocalCounter) -> None:
         self._set = set_state
         self.counter = counter
-        self.labels: dict[str, str | None] = {}
         self.group: str | None = None
         self.types: frozenset[str] | None = None
         self.stale_after = 900.0
         self.last_heard: float | None = None
-        self._held: dict[tuple[str, str], float] = {}
-        self._numbers: dict[str, dict[str, tuple[float, Any]]] = {}  # state key -> device -> (at, value)
-        self._presence: dict[str, tuple[float, bool]] = {}
-        self._occupancy: dict[str, tuple[bool, float | None]] = {}
+        self._devices: dict[str, Device] = {}
+        # device -> its detail: the published `devices` value itself, so it is replaced, never changed in place.
+        self._detail: dict[str, dict[str, Any]] = {}
         self._group_occupancy: tuple[bool, float | None] | None = None
         self._group_count: int | None = None
         self._group_moves: tuple[int, int] | None = None
-        self._detail: dict[str, dict[str, Any]] = {}
-        self._seen: dict[str, float] = {}
-        self._offline: dict[str, float] = {}
 
     # -- configuration -----------------------------------------------------------------------
 
     def configure(self, labels: dict[str, str | None], group: str | None, types: frozenset[str] | None,
                   stale_after: float) -> None:
-        """Bind devices (id -> label, a dict this takes over), a group and a type filter; values of devices no
-        longer bound go."""
-        gone = set(self.labels) - set(labels)
+        """Bind devices (id -> label), a group and a type filter; what devices no longer bound held goes."""
         if self.group is not None and self.group != group:
-            gone.add(self.group)
             self._group_occupancy = None
             self._group_count = None
             self._group_moves = None
-        self.labels = labels
+        wanted = dict(labels)
         if group is not None:
-            self.labels.setdefault(group, None)
+            wanted.setdefault(group, None)
         self.group = group
         self.types = types
         self.stale_after = stale_after
-        for device in gone - set(self.labels):
-            self._forget(device)
-        for device, label in self.labels.items():
-            entry = self._detail.get(device)
-            if entry is None:
-                self._detail[device] = {"label": label, "last_seen": None}
-            elif entry["label"] != label:
-                self._detail[device] = {**entry, "label": label}
+        devices = self._devices
+        detail = dict(self._detail)
+        for device in [d for d in devices if d not in wanted]:
+            del devices[device]
+            detail.pop(device, None)
+        for device, label in wanted.items():
+            found = devices.get(device)
+            if found is None:
+                devices[device] = Device(label)
+                detail[device] = {"label": label, "last_seen": None}
+            elif found.label != label or detail[device]["label"] != label:
+                found.label = label
+                detail[device] = {**detail[device], "label": label}
+        self._detail = detail
 
     def set_labels(self, names: dict[str, str], *, overwrite: bool = False) -> None:
         """Fill labels from the service API (settings labels win unless `overwrite`)."""
         changed = False
-        for device in self.labels:
+        for device, found in self._devices.items():
             name = names.get(device)
-            if name is not None and (overwrite or self.labels[device] is None) and self.labels[device] != name:
-                self.labels[device] = name
-                self._detail[device] = {**self._detail[device], "label": name}
+            if name is not None and (overwrite or found.label is None) and found.label != name:
+                found.label = name
+                self._detail = {**self._detail, device: {**self._detail[device], "label": name}}
                 changed = True
         if changed:
             self._publish_devices()
@@ -100,19 +112,8 @@ class RoomState:
         """Add an enrichment field (e.g. group members) to a device's detail."""
         entry = self._detail.get(device)
         if entry is not None and entry.get(key) != value:
-            self._detail[device] = {**entry, key: value}
+            self._detail = {**self._detail, device: {**entry, key: value}}
             self._publish_devices()
-
-    def _forget(self, device: str) -> None:
-        self._detail.pop(device, None)
-        self._seen.pop(device, None)
-        self._offline.pop(device, None)
-        self._presence.pop(device, None)
-        self._occupancy.pop(device, None)
-        for values in self._numbers.values():
-            values.pop(device, None)
-        for key in [k for k in self._held if k[0] == device]:
-            del self._held[key]
 
     def publish_all(self, now: float) -> None:
         """Publish every key from what is held (after load, reconfiguration or a periodic check)."""
@@ -130,17 +131,20 @@ class RoomState:
 
     def measurement(self, device: str, known: KnownType | None, type_name: str, at: float, value: Any,
                     now: float) -> bool:
-        """Apply one measurement; False when it was filtered out or older than the one held."""
+        """Apply one measurement; False when it was filtered out, is of a device not bound, or is older than the
+        one held."""
         self.last_heard = now
         canonical = known.spec.name if known is not None else snake(type_name)
         if self.types is not None and canonical not in self.types:
             return False
-        slot = (device, canonical)
-        held = self._held.get(slot)
-        if held is not None and at <= held:
+        found = self._devices.get(device)
+        if found is None:
             return False
-        self._held[slot] = at
-        self._heard(device, at, canonical, to_detail(value))
+        held = found.held.get(canonical)
+        if held is not None and at <= held[0]:
+            return False
+        found.held[canonical] = (at, value)
+        self._heard(device, found, at, canonical, to_detail(value))
         self._publish_devices()
         if known is None:
             return True
@@ -148,16 +152,14 @@ class RoomState:
         combine = spec.combine
         is_group = device == self.group
         if combine == "mean" and spec.state:
-            self._numbers.setdefault(spec.state, {})[device] = (at, value)
             self._publish_mean(spec.state, now)
         elif combine == "min" and spec.state:
-            self._numbers.setdefault(spec.state, {})[device] = (at, value)
             self._publish_min(spec.state)
         elif combine == "presence":
             present = value if isinstance(value, bool) else value > 0
-            current = self._presence.get(device)
+            current = found.presence
             if current is None or at >= current[0]:
-                self._presence[device] = (at, present)
+                found.presence = (at, present)
             self._publish_presence()
         elif combine == "occupancy":
             state = occupancy(value)
@@ -165,7 +167,7 @@ class RoomState:
                 if is_group:
                     self._group_occupancy = state
                 else:
-                    self._occupancy[device] = state
+                    found.occupancy = state
                 self._publish_occupancy()
         elif combine == "count" and is_group:
             self._group_count = value
@@ -184,60 +186,78 @@ class RoomState:
     def heard(self, device: str, at: float, now: float) -> None:
         """A message that carries no measurement: the device is alive."""
         self.last_heard = now
-        self._heard(device, at)
-        self._publish_devices()
+        found = self._devices.get(device)
+        if found is not None:
+            self._heard(device, found, at)
+            self._publish_devices()
 
     def notification(self, device: str, name: str, at: float) -> None:
         """`deviceOffline` adds the device to `offline_devices` until it is heard from again."""
+        found = self._devices.get(device)
+        if found is None:
+            return
         if name == OFFLINE:
-            self._offline[device] = at
+            found.offline_at = at
             self._publish_offline()
-        elif name == ONLINE and self._offline.pop(device, None) is not None:
+        elif name == ONLINE and found.offline_at is not None:
+            found.offline_at = None
             self._publish_offline()
 
-    def _heard(self, device: str, at: float, key: str | None = None, value: Any = None) -> None:
-        offline_at = self._offline.get(device)
-        if offline_at is not None and at > offline_at:
-            del self._offline[device]
+    def _heard(self, device: str, found: Device, at: float, key: str | None = None, value: Any = None) -> None:
+        if found.offline_at is not None and at > found.offline_at:
+            found.offline_at = None
             self._publish_offline()
-        newer = at > self._seen.get(device, float("-inf"))
+        newer = found.seen is None or at > found.seen
         if newer:
-            self._seen[device] = at
-        entry = self._detail.get(device)
-        if entry is not None and (newer or key is not None):
-            entry = dict(entry)  # a new dict: published values are never changed in place
+            found.seen = at
+        if newer or key is not None:
+            entry = dict(self._detail[device])  # a new dict: published values are never changed in place
             if newer:
                 entry["last_seen"] = iso(at)
             if key is not None:
                 entry[key] = value
-            self._detail[device] = entry
+            detail = self._detail
+            if len(detail) == 1:
+                self._detail = {device: entry}
+            else:
+                self._detail = detail = dict(detail)
+                detail[device] = entry
 
     # -- publishing --------------------------------------------------------------------------
 
+    def _held_values(self, key: str) -> list[tuple[float, Any]]:
+        canonical = _TYPE_OF[key]
+        return [held for found in self._devices.values() if (held := found.held.get(canonical)) is not None]
+
     def _publish_mean(self, key: str, now: float) -> None:
-        values = self._numbers.get(key, _NONE)
         stale_after = self.stale_after
-        if len(values) == 1:  # one device: its value, as mean() would give it, without building a list
-            for at, v in values.values():
-                self._set(key, None if now - at > stale_after else v if type(v) is int else round(v, 2))
+        if len(self._devices) == 1:  # one device: its value, as mean() would give it, without building lists
+            for found in self._devices.values():
+                held = found.held.get(_TYPE_OF[key])
+                if held is None:
+                    self._set(key, None)
+                else:
+                    at, v = held
+                    self._set(key, None if now - at > stale_after else v if type(v) is int else round(v, 2))
             return
-        fresh = [v for at, v in values.values() if now - at <= stale_after]
+        fresh = [v for at, v in self._held_values(key) if now - at <= stale_after]
         self._set(key, mean(fresh) if fresh else None)
 
     def _publish_min(self, key: str) -> None:
-        values = [v for _, v in self._numbers.get(key, _NONE).values()]
+        values = [v for _, v in self._held_values(key)]
         self._set(key, min(values) if values else None)
 
     def _publish_presence(self) -> None:
-        values = [p for _, p in self._presence.values()]
+        values = [found.presence[1] for found in self._devices.values() if found.presence is not None]
         self._set("presence", any(values) if values else None)
 
     def _publish_occupancy(self) -> None:
+        states = [found.occupancy for found in self._devices.values() if found.occupancy is not None]
         if self._group_occupancy is not None:
             occupied, confidence = self._group_occupancy
-        elif self._occupancy:
-            occupied = any(o for o, _ in self._occupancy.values())
-            agreeing = [c for o, c in self._occupancy.values() if o == occupied and c is not None]
+        elif states:
+            occupied = any(o for o, _ in states)
+            agreeing = [c for o, c in states if o == occupied and c is not None]
             confidence = max(agreeing) if agreeing else None
         else:
             self._set("occupied", None)
@@ -264,10 +284,10 @@ class RoomState:
             self._set("last_reset", {"at": last.at, "reason": last.reason})
 
     def _publish_devices(self) -> None:
-        self._set("devices", dict(self._detail))
+        self._set("devices", self._detail)
 
     def _publish_offline(self) -> None:
-        self._set("offline_devices", sorted(self._offline))
+        self._set("offline_devices", sorted(d for d, found in self._devices.items() if found.offline_at is not None))
 
     def fresh_for(self, now: float) -> float:
         """Seconds until no bound device has reported within `stale_after` (0 when that is already so)."""
@@ -277,4 +297,4 @@ class RoomState:
 
     def bound(self) -> Iterable[str]:
         """Every bound device id (the group included)."""
-        return self.labels.keys()
+        return self._devices.keys()
