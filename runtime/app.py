@@ -12,13 +12,12 @@ import signal
 import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.clock import Clock, SystemClock
 from runtime.embedded import EmbeddedBroker
 from runtime.errors import SettingsError
 from runtime.gcpolicy import GcPolicy
-from runtime.http import HttpApi
 from runtime.manager import Manager
 from runtime.metrics import Metrics
 from runtime.model import Broker, Site
@@ -28,6 +27,9 @@ from runtime.publisher import Publisher
 from runtime.registry import Registry
 from runtime.settings import load_settings
 from runtime.transports import RuntimeTransports
+
+if TYPE_CHECKING:
+    from runtime.http import HttpApi
 
 _log = logging.getLogger("runtime")
 
@@ -109,6 +111,8 @@ class Runtime:
         await self.manager.apply(plan)
         self._settings_info(plan)
         if site.http.enabled:
+            from runtime.http import HttpApi  # noqa: PLC0415 - aiohttp's server, imported only when it serves
+
             self.http = HttpApi(self)
             await self.http.start(site.http.host, site.http.port)
         _log.info("site %s: %d modules in %d systems, %d brokers", site.org.id, len(plan.modules),

@@ -14,16 +14,18 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Protocol, TypeVar, get_type_hints
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, get_type_hints
 from zoneinfo import ZoneInfo
 
-import aiohttp
 import msgspec
 
 from runtime.clock import Clock
 from runtime.errors import CommandArgumentsError, UnknownCommand
 from runtime.mqtt import MqttEndpoint, SessionListener
 from runtime.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    import aiohttp
 
 S = TypeVar("S", bound=msgspec.Struct)
 T = TypeVar("T")

@@ -179,13 +179,19 @@ class ModuleHost:
 
     def _set(self, key: str, value: Any) -> None:
         if value is None:
-            if self.states.pop(key, None) is not None:
+            gone = self.states.pop(key, None)
+            if gone is not None:
+                gone.value = None  # see below
                 self.manager.publisher.state_changed(self, key)
             return
         raw = encode(value)
         entry = self.states.get(key)
-        if entry is not None and entry.raw == raw:
-            return
+        if entry is not None:
+            if entry.raw == raw:
+                return
+            # Brokers may hold the superseded entry until the new one is rendered (all of a site's keys, in a
+            # burst), but only for its payload: its value, maybe a large object, can go now.
+            entry.value = None
         entry = StateEntry(value, raw, int(self.manager.clock.time() * 1000))
         self.states[key] = entry
         self.manager.publisher.state_changed(self, key)

@@ -4,11 +4,13 @@ A state change only marks (module, key) dirty; the loop renders dirty keys (priv
 format) in batches of at most `BATCH`, oldest first, and only while every connected broker has
 room, so under pressure later changes of a key coalesce into its latest value before any work
 is spent on them (state topics are latest-value by nature). Per broker it keeps `current`
-(every retained topic the runtime owns, with the exact bytes last sent, so a reconnect
-republishes them with their original `time`) and `pending` (topics waiting to be sent, latest
-value per topic: bounded by the number of topics, never dropping anything, counting what it
-coalesces). Sending is batched on the event loop and, at QoS 1, bounded by an in-flight window
-so packet ids never run out; acknowledgements reopen the window.
+(every retained topic the runtime owns, with what was last sent, so a reconnect republishes
+them with their original `time`) and `pending` (topics waiting to be sent, latest value per
+topic: bounded by the number of topics, never dropping anything, counting what it coalesces).
+A state topic that no privacy rule changes holds the module's state entry itself, rendered in
+the broker's payload format only when it is sent: a site may own 100,000 topics. Sending is
+batched on the event loop and, at QoS 1, bounded by an in-flight window so packet ids never run
+out; acknowledgements reopen the window.
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ class Source(Protocol):
     states: dict[str, StateEntry]
 
 
+Retained = bytes | StateEntry
+"""What a topic holds: an encoded payload, or a state entry rendered when sent."""
 Route = tuple["Lane", tuple[str, ...], "StateFilter | None"]
 Routes = str | tuple[Route, ...]
 """How one state key reaches the brokers: per lane, its topics and privacy rules; or, in the common case of
@@ -96,8 +100,10 @@ class Output(SessionListener):
         self.qos = broker.qos
         self.max_inflight = broker.max_inflight
         self.presence = topics.presence_topic(org, client_id)
-        self.current: dict[str, bytes] = {}
-        self.pending: dict[str, bytes] = {}
+        self.payload_format: PayloadFormat = broker.payload
+        self.render = state_payload(broker.payload)
+        self.current: dict[str, Retained] = {}
+        self.pending: dict[str, Retained] = {}
         self.inherited: set[str] = set()  # owned topics found retained at start, not yet set by this run
         self.recording: set[str] | None = None
         self._oldest: float | None = None  # when the oldest unsent change was put
@@ -132,11 +138,18 @@ class Output(SessionListener):
         """Apply changed broker settings; a changed endpoint reconnects."""
         self.qos = broker.qos
         self.max_inflight = broker.max_inflight
+        if broker.payload != self.payload_format:
+            # What was sent in the old format becomes bytes, so every state topic differs and goes out again.
+            render = self.render
+            self.current = {t: render(p.raw, p.time_ms) if isinstance(p, StateEntry) else p
+                            for t, p in self.current.items()}
+            self.payload_format = broker.payload
+            self.render = state_payload(broker.payload)
         self.session.update_endpoint(self._endpoint(broker, client_id))
 
     # -- the buffer ---------------------------------------------------------------------
 
-    def put(self, topic: str, payload: bytes, since: float | None = None) -> None:
+    def put(self, topic: str, payload: Retained, since: float | None = None) -> None:
         """Make `payload` the retained value of `topic` (CLEAR removes it) and queue it."""
         if self.recording is not None:
             self.recording.add(topic)
@@ -184,7 +197,9 @@ class Output(SessionListener):
             items = list(itertools.islice(pending.items(), window))
             for topic, _payload in items:
                 del pending[topic]
-        sent = session.publish_batch(items, qos, True, oldest)
+        render = self.render
+        sent = session.publish_batch(((t, p if type(p) is bytes else render(p.raw, p.time_ms))
+                                      for t, p in items), qos, True, oldest)
         if sent < len(items):
             if not session.connected:
                 self._errors.inc()
@@ -506,10 +521,11 @@ class Publisher:
 
     def _render(self, source: Source, key: str, entry: StateEntry | None, since: float) -> None:
         route = source.routes.get(key) or self.routes(source, key)
+        payload: Retained
         if isinstance(route, str):
             single = self._single
             if single is not None:
-                payload = CLEAR if entry is None else single.render(entry.raw, entry.time_ms)
+                payload = CLEAR if entry is None else entry
                 for out in single.outputs:
                     out.put(route, payload, since)
                 return
@@ -521,14 +537,15 @@ class Publisher:
             if entry is None:
                 payload = CLEAR
             elif scoped is None:
-                payload = lane.render(entry.raw, entry.time_ms)
+                payload = entry
             else:
                 value = scoped.apply(entry.value)
                 if value is self._drop:
                     payload = CLEAR
+                elif value is entry.value:
+                    payload = entry
                 else:
-                    raw = entry.raw if value is entry.value else encode_value(value)
-                    payload = lane.render(raw, entry.time_ms)
+                    payload = lane.render(encode_value(value), entry.time_ms)
             for out in lane.outputs:
                 for topic in state_topics:
                     out.put(topic, payload, since)

@@ -13,15 +13,15 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import msgspec
-import yaml
 
-from runtime import yamlfast
 from runtime.errors import SettingsError
 from runtime.model import Site
+
+if TYPE_CHECKING:
+    import jsonschema
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 Path_ = tuple[str | int, ...]
@@ -50,6 +50,9 @@ def site_schema() -> dict[str, Any]:
 
 @functools.cache
 def _validator() -> jsonschema.Draft202012Validator:
+    # Imported here: jsonschema only explains settings that fail to decode (and it is 4 MB of memory).
+    import jsonschema  # noqa: PLC0415
+
     return jsonschema.Draft202012Validator(site_schema())
 
 
@@ -60,6 +63,10 @@ def parse_text(text: str | bytes, suffix: str) -> Any:
             return msgspec.json.decode(text)
         except msgspec.DecodeError as exc:
             raise SettingsError([f"(file): invalid JSON: {exc}"]) from exc
+    import yaml  # noqa: PLC0415 - a site with JSON settings never needs the YAML parser
+
+    from runtime import yamlfast  # noqa: PLC0415
+
     try:
         return yamlfast.safe_load(text)
     except yaml.YAMLError as exc:
@@ -155,7 +162,9 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "pattern" and isinstance(error.instance, str):
         return f"{path}: {error.instance!r} is not allowed here (must match {error.validator_value})"
     if error.context:
-        best = jsonschema.exceptions.best_match(error.context)
+        from jsonschema.exceptions import best_match  # noqa: PLC0415
+
+        best = best_match(error.context)
         return f"{format_path(tuple(best.absolute_path)) if best.absolute_path else path}: {best.message}"
     return f"{path}: {error.message}"
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import aiohttp
+from typing import TYPE_CHECKING
 
 from runtime.mqtt import MqttEndpoint, MqttSession, SessionListener
+
+if TYPE_CHECKING:
+    import aiohttp
 
 
 class RuntimeTransports:
@@ -21,6 +24,8 @@ class RuntimeTransports:
     def http(self) -> aiohttp.ClientSession:
         """The shared HTTP client session, created on first use."""
         if self._http is None or self._http.closed:
+            import aiohttp  # noqa: PLC0415 - imported only when a driver speaks HTTP
+
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         return self._http
 

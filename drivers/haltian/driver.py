@@ -85,7 +85,6 @@ class HaltianDriver(Driver[HaltianSettings]):
         self.api: ServiceApi | None = None
         self._connected: bool | None = None
         self._idle_job: ScheduledJob | None = None
-        self._stale_job: ScheduledJob | None = None
 
     async def on_load(self) -> None:
         """Restore the local count and `last_reset` from the state directory."""
@@ -98,7 +97,6 @@ class HaltianDriver(Driver[HaltianSettings]):
         ctx = self.ctx
         ctx.schedule.clear()
         self._idle_job = None
-        self._stale_job = None
         labels = _labels(s)
         group = s.device_group.lower() if s.device_group else None
         self.room.configure(labels, group, _types(s.measurements), s.stale_after)
@@ -110,6 +108,8 @@ class HaltianDriver(Driver[HaltianSettings]):
         if s.reset_at is not None:
             ctx.schedule.at(parse_time_of_day(s.reset_at), self._scheduled_reset, name="haltian:reset_at")
         self._arm_idle(now)
+        # Freshness (stale values leave the means, `connected` turns false) is checked on this one timer per
+        # module, so it shows within a quarter of `stale_after` (at most a minute) after it is due.
         ctx.schedule.every(max(1.0, min(60.0, s.stale_after / 4)), self._tick, name="haltian:freshness")
         await self._bind_api(s)
         self._update_connected()
@@ -261,16 +261,9 @@ class HaltianDriver(Driver[HaltianSettings]):
         stream = self.stream
         left = self.room.fresh_for(self.ctx.clock.time())
         up = stream is not None and stream.up and left > 0
-        if up and self._stale_job is None:
-            # One timer per module, re-armed only when it fires, rather than one per message.
-            self._stale_job = self.ctx.schedule.after(left, self._stale_check, name="haltian:stale")
         if up != self._connected:
             self._connected = up
             self.ctx.set_connected(up)
-
-    def _stale_check(self) -> None:
-        self._stale_job = None
-        self._update_connected()
 
 
 def _labels(s: HaltianSettings) -> dict[str, str | None]:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import msgspec
 
 from runtime.clock import Clock
 from runtime.errors import DriverError
+
+if TYPE_CHECKING:
+    import aiohttp
 
 _log = logging.getLogger("drivers.haltian.graphql")
 FAILURE_HOLD = 60.0
@@ -148,6 +150,8 @@ class ServiceApi:
         return error
 
     async def _query(self, query: str, variables: dict[str, Any], *, auth: bool = True) -> dict[str, Any]:
+        import aiohttp  # noqa: PLC0415 - only sites that enrich from the Service API need aiohttp
+
         headers = {"Authorization": f"Bearer {await self._access_token()}"} if auth else {}
         try:
             async with self._http.post(self.url, json={"query": query, "variables": variables},

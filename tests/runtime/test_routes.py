@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from runtime import topics
 from runtime.metrics import Metrics
 from runtime.model import Broker
-from runtime.publisher import Publisher, Routes, RuleSet, StateEntry
+from runtime.publisher import Output, Publisher, Routes, RuleSet, StateEntry
 
 PREFIX = topics.state_prefix("org-1", ["bld", None, "area"], "sys-1", "drv-1", "Probe", 1)
 TOPIC = topics.state_topic(PREFIX, "temperature")
@@ -34,6 +34,12 @@ def broker(name: str, payload: str = "seed") -> Broker:
     return Broker(name=name, url="mqtt://127.0.0.1:1", payload=payload)  # type: ignore[arg-type]
 
 
+def wire(out: Output, topic: str) -> bytes:
+    """The payload `out` would send for `topic` now."""
+    held = out.pending[topic]
+    return held if isinstance(held, bytes) else out.render(held.raw, held.time_ms)
+
+
 def change(publisher: Publisher, source: FakeSource, value: float, time_ms: int) -> None:
     """Set `temperature` and render it at once."""
     source.states["temperature"] = StateEntry(value, str(value).encode(), time_ms)
@@ -46,7 +52,10 @@ async def test_one_broker_without_rules_keeps_only_the_topic() -> None:
     source = FakeSource()
     change(publisher, source, 21.5, 1_700_000_000_000)
     assert source.routes["temperature"] == TOPIC
-    assert publisher.outputs[0].pending[TOPIC] == b'{"time":1700000000000,"value":"21.5"}'
+    out = publisher.outputs[0]
+    assert wire(out, TOPIC) == b'{"time":1700000000000,"value":"21.5"}'
+    # The broker holds the module's entry itself, not a second copy of the payload.
+    assert out.current[TOPIC] is source.states["temperature"]
 
 
 async def test_a_module_in_two_systems_keeps_full_routes() -> None:
@@ -68,7 +77,20 @@ async def test_a_kept_topic_still_reaches_every_broker_after_brokers_are_added()
     publisher.configure([broker("a"), broker("b", "placeos-source")], lambda b: f"rt-{b.name}", no_rules)
     change(publisher, source, 22.0, 1_700_000_001_000)
     a, b = publisher.outputs
-    assert a.pending[TOPIC] == b'{"time":1700000001000,"value":"22.0"}'
-    assert b.pending[TOPIC] == b'{"time":1700000001,"value":22.0}'
+    assert wire(a, TOPIC) == b'{"time":1700000001000,"value":"22.0"}'
+    assert wire(b, TOPIC) == b'{"time":1700000001,"value":22.0}'
     publisher.reconcile([source])
     assert isinstance(source.routes["temperature"], tuple)
+
+
+async def test_a_broker_whose_payload_format_changes_gets_every_state_topic_again() -> None:
+    publisher = Publisher("org-1", [broker("a")], lambda b: "rt", Metrics(), no_rules)
+    source = FakeSource()
+    change(publisher, source, 21.5, 1_700_000_000_000)
+    out = publisher.outputs[0]
+    out.pending.clear()  # as if sent
+    publisher.reconcile([source])
+    assert not out.pending  # nothing changed: nothing to send
+    publisher.configure([broker("a", "placeos-source")], lambda b: "rt", no_rules)
+    publisher.reconcile([source])
+    assert wire(out, TOPIC) == b'{"time":1700000000,"value":21.5}'

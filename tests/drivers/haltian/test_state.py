@@ -247,3 +247,15 @@ async def test_one_device_feeds_every_module_bound_to_it(rig: Rig) -> None:
     rig.send("co2", DEV_B, 500)
     assert one.states["co2"] == 600
     assert two.states["co2"] == 700
+
+
+async def test_connected_turns_false_at_the_first_freshness_check_after_it_is_due(rig: Rig) -> None:
+    _, ctx = await rig.module(devices=[DEV_A], stale_after=300)  # checked every 75 s
+    rig.session.go_up()
+    await rig.clock.advance(10)
+    rig.send("humidity", DEV_A, 40.0)  # due at 310 s; the checks run at 75, 150, ... 375 s
+    await rig.clock.advance(299)
+    assert ctx.connected is True
+    await rig.clock.advance(66)
+    assert ctx.connected is False
+    assert "humidity" not in ctx.states
