@@ -181,7 +181,7 @@ class ModuleHost:
         if value is None:
             gone = self.states.pop(key, None)
             if gone is not None:
-                gone.value = None  # see below
+                gone.supersede()
                 self.manager.publisher.state_changed(self, key)
             return
         raw = encode(value)
@@ -189,9 +189,8 @@ class ModuleHost:
         if entry is not None:
             if entry.raw == raw:
                 return
-            # Brokers may hold the superseded entry until the new one is rendered (all of a site's keys, in a
-            # burst), but only for its payload: its value, maybe a large object, can go now.
-            entry.value = None
+            # In a burst every key of a site may wait to be rendered: what the old entry held can go now.
+            entry.supersede()
         entry = StateEntry(value, raw, int(self.manager.clock.time() * 1000))
         self.states[key] = entry
         self.manager.publisher.state_changed(self, key)

@@ -8,7 +8,8 @@ is spent on them (state topics are latest-value by nature). Per broker it keeps 
 them with their original `time`) and `pending` (topics waiting to be sent, latest value per
 topic: bounded by the number of topics, never dropping anything, counting what it coalesces).
 A state topic that no privacy rule changes holds the module's state entry itself, rendered in
-the broker's payload format only when it is sent: a site may own 100,000 topics. Sending is
+the broker's payload format only when it is sent (a site may own 100,000 topics); an entry
+superseded before it is sent is not sent: its successor is already queued. Sending is
 batched on the event loop and, at QoS 1, bounded by an in-flight window so packet ids never run
 out; acknowledgements reopen the window.
 """
@@ -49,6 +50,13 @@ class StateEntry:
         self.value = value
         self.raw = raw
         self.time_ms = time_ms
+
+    def supersede(self) -> None:
+        """No longer the state: let go of the value and payload (a broker may still hold this entry as what it
+        last got until the newer one, already queued, is rendered: nothing is sent for it meanwhile)."""
+        self.value = None
+        self.raw = b""
+        self.time_ms = 0
 
 
 class StateFilter(Protocol):
@@ -141,7 +149,7 @@ class Output(SessionListener):
         if broker.payload != self.payload_format:
             # What was sent in the old format becomes bytes, so every state topic differs and goes out again.
             render = self.render
-            self.current = {t: render(p.raw, p.time_ms) if isinstance(p, StateEntry) else p
+            self.current = {t: render(p.raw, p.time_ms) if isinstance(p, StateEntry) and p.raw else p
                             for t, p in self.current.items()}
             self.payload_format = broker.payload
             self.render = state_payload(broker.payload)
@@ -198,12 +206,16 @@ class Output(SessionListener):
             for topic, _payload in items:
                 del pending[topic]
         render = self.render
-        sent = session.publish_batch(((t, p if type(p) is bytes else render(p.raw, p.time_ms))
-                                      for t, p in items), qos, True, oldest)
-        if sent < len(items):
+        batch = [(t, p if type(p) is bytes else render(p.raw, p.time_ms)) for t, p in items
+                 if type(p) is bytes or p.raw]
+        if len(batch) < len(items):
+            # Entries superseded while waiting: their successors are queued to be rendered (latest value wins).
+            self._coalesced.inc(len(items) - len(batch))
+        sent = session.publish_batch(batch, qos, True, oldest)
+        if sent < len(batch):
             if not session.connected:
                 self._errors.inc()
-            rest = dict(itertools.islice(items, sent, None))
+            rest: dict[str, Retained] = dict(batch[sent:])
             rest.update(self.pending)
             self.pending = rest
         if self.pending:

@@ -74,7 +74,7 @@ async def test_same_value_twice_publishes_once(broker: Mosquitto, tmp_path: Path
             host = rt.manager.hosts["mod-a"]  # type: ignore[union-attr]
             host.set_state("level", 3)
             host.set_state("level", 3)
-            await asyncio.sleep(0)
+            await rt.publisher.outputs[0].flush(5)  # type: ignore[union-attr]
             host.set_state("level", 3)
             host.set_state("level", 4)
             assert await until(lambda: sub.latest.get(f"{ROOM}/level", b"").endswith(b'"4"}'))
@@ -82,6 +82,27 @@ async def test_same_value_twice_publishes_once(broker: Mosquitto, tmp_path: Path
             sub.wait_quiet(0.3)
             values = [m.payload.rsplit(b'"value":', 1)[1] for m in sub.messages]
             assert values == [b'"3"}', b'"4"}']
+
+
+async def test_a_value_superseded_while_waiting_to_be_sent_gives_way_to_its_successor(broker: Mosquitto,
+                                                                                       tmp_path: Path) -> None:
+    path = write_settings(tmp_path / "site.yaml", site(broker.url))
+    with Subscriber(broker.port, f"{ROOM}/level") as sub:
+        async with running(path) as rt:
+            host = rt.manager.hosts["mod-a"]  # type: ignore[union-attr]
+            out = rt.publisher.outputs[0]  # type: ignore[union-attr]
+            coalesced = out._coalesced._value.get()
+            host.set_state("level", 31)
+            await asyncio.sleep(0)  # 31 is rendered and waits for the next socket write ...
+            host.set_state("level", 32)  # ... when 32 arrives
+            assert await until(lambda: sub.latest.get(f"{ROOM}/level", b"").endswith(b'"32"}'))
+            await out.flush(5)
+            sub.wait_quiet(0.3)
+            # (an earlier test may have left its value retained on the topic)
+            values = [m.payload.rsplit(b'"value":', 1)[1] for m in sub.messages
+                      if m.payload.endswith((b'"31"}', b'"32"}'))]
+            assert values == [b'"32"}']
+            assert out._coalesced._value.get() == coalesced + 1
 
 
 async def test_late_subscriber_gets_retained_state_and_metadata(broker: Mosquitto, tmp_path: Path) -> None:
