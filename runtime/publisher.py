@@ -228,8 +228,10 @@ class Output(SessionListener):
         self._inflight.set(session.inflight)
         if len(self.pending) < BATCH:
             self.publisher.resume()
-        if self.pending and not qos:
-            self._schedule()  # the rest on the next turn, after the reads waiting meanwhile
+        if self.pending and (not qos or len(batch) < len(items)):
+            # The rest on the next turn, after the reads waiting meanwhile (at QoS 1 only when superseded entries
+            # left part of the window unused: acknowledgements reopen it otherwise).
+            self._schedule()
 
     def show_depth(self) -> None:
         """Set the buffer depth gauge: topics waiting here and state keys not yet rendered."""
