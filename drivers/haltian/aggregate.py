@@ -216,12 +216,7 @@ class RoomState:
                 entry["last_seen"] = iso(at)
             if key is not None:
                 entry[key] = value
-            detail = self._detail
-            if len(detail) == 1:
-                self._detail = {device: entry}
-            else:
-                self._detail = detail = dict(detail)
-                detail[device] = entry
+            self._detail = {**self._detail, device: entry}
 
     # -- publishing --------------------------------------------------------------------------
 
