@@ -29,6 +29,7 @@ import uvloop
 from benchmarks.load import Payload
 from benchmarks.sites import STREAM_PREFIX, TYPES, Site, slot, value_of
 from runtime.app import Runtime
+from runtime.gcpolicy import GcPolicy
 from tests.support.broker import Mosquitto
 
 
@@ -57,8 +58,12 @@ async def _run(args: argparse.Namespace, workdir: Path, broker: Mosquitto) -> No
     site = Site(args.devices, args.per_module)
     path = site.write(workdir / "site.json", broker.url, qos=args.qos, privacy=args.privacy)
     runtime = Runtime(path)
+    policy = GcPolicy(asyncio.get_running_loop())  # as `Runtime.run` does
+    policy.pause()
     await runtime.start()
-    assert runtime.publisher is not None
+    assert runtime.publisher is not None and runtime.manager is not None
+    await runtime.manager.wait_loaded(60)
+    policy.settle()
     await runtime.publisher.wait_swept(30)
     out = runtime.publisher.outputs[0]
     stream = _stream(runtime)
@@ -88,6 +93,7 @@ async def _run(args: argparse.Namespace, workdir: Path, broker: Mosquitto) -> No
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     sent = out._published._value.get() - published
     await runtime.stop()
+    policy.close()
     if profiler is not None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(35)
     print(f"{args.messages} messages, {args.devices} devices, {site.modules} modules, privacy "

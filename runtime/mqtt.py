@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
@@ -19,6 +21,7 @@ from typing import Any, Literal
 import gmqtt
 import msgspec
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
+from gmqtt.mqtt.package import Package
 
 from runtime.errors import ConnectionRefused, RuntimeFault
 from runtime.tasks import STOP_TIMEOUT, cancel_and_wait, raise_if_cancelled
@@ -126,52 +129,81 @@ class _InflightStorage(gmqtt.storage.PersistentStorage):  # type: ignore[misc]
 class _Client(gmqtt.Client):  # type: ignore[misc]
     """gmqtt client whose automatic reconnect is handed to the session's supervisor.
 
-    Incoming QoS 0/1 PUBLISH packets without MQTT 5 properties (every message of a 3.1.1 session,
-    and the common case on MQTT 5) are parsed here and handed straight to `deliver`; their PUBACKs
-    are written together once the read loop has handled the socket's data. Everything else goes
-    through gmqtt's own parser.
+    Incoming data is framed here, one pass over each socket read: QoS 0/1 PUBLISH packets without
+    MQTT 5 properties (every message of a 3.1.1 session, and the common case on MQTT 5) are parsed in
+    place and handed straight to `deliver`, their PUBACKs written together once the read is handled;
+    every other packet goes to gmqtt's own handler, as gmqtt's framing would hand it over.
     """
 
     lost: asyncio.Event
     inflight_storage: _InflightStorage
     deliver: Callable[[str, bytes, int, bool], None]
     _acks: list[bytes]
-    _gmqtt_publish: Callable[[int, bytes], None]  # gmqtt's own PUBLISH parser, for what this one leaves
-
-    def use_fast_publish(self) -> None:
-        """Route incoming PUBLISH packets through `_handle_publish_packet` below.
-
-        gmqtt parses packets in a separate handler object, which looks its methods up by name on
-        itself (and caches them); an instance attribute there is found first.
-        """
-        handler = self._package_handler
-        self._gmqtt_publish = handler._handle_publish_packet
-        handler._handle_publish_packet = self._handle_publish_packet
-        handler._handler_cache.pop(0x30, None)
 
     async def reconnect(self, delay: bool = False) -> None:
         self.lost.set()
 
-    def _handle_publish_packet(self, cmd: int, raw: bytes) -> None:
+    async def _create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        connection = await super()._create_connection(*args, **kwargs)
+        # gmqtt's read loop calls `self._read_packet(buffer)` on the protocol: an instance attribute is found first.
+        connection._protocol._read_packet = functools.partial(self._read_packets, connection)
+        return connection
+
+    def _read_packets(self, connection: Any, data: bytes) -> int:
+        """Frame the packets of one read (gmqtt's `_read_packet` contract): bytes consumed, -1 when malformed."""
+        handler = self._package_handler
+        if handler.current_connection is not connection:
+            return len(data)  # a superseded connection: gmqtt drops what it still reads, too
+        connection._last_data_in = time.monotonic()  # what gmqtt's keep-alive reads, once per read
+        publish = self._publish_at
+        size = len(data)
+        pos = 0
+        while size - pos >= 2:
+            i = pos + 1
+            length = 0
+            shift = 0
+            while True:
+                if i >= size:
+                    return pos
+                byte = data[i]
+                i += 1
+                length |= (byte & 0x7F) << shift
+                if byte < 0x80:
+                    break
+                shift += 7
+                if shift > 21:
+                    return -1
+            end = i + length
+            if end > size:
+                return pos
+            cmd = data[pos]
+            if cmd & 0xF0 == 0x30:
+                publish(cmd, data, i, end)
+            else:
+                handler(Package(cmd, data[i:end]))  # gmqtt's handler logs what it fails on
+            pos = end
+        return pos
+
+    def _publish_at(self, cmd: int, data: bytes, begin: int, end: int) -> None:
         qos = (cmd >> 1) & 3
         v5 = self._connection_state.protocol_version >= MQTTv50
-        size = int.from_bytes(raw[:2], "big")
-        start = 2 + size
-        end = start + (2 if qos else 0) + v5
-        if qos == 2 or size == 0 or len(raw) < end or (v5 and raw[end - 1] != 0):
+        start = begin + 2
+        stop = start + int.from_bytes(data[begin:start], "big")
+        body = stop + (2 if qos else 0) + v5
+        if qos == 2 or stop == start or end < body or (v5 and data[body - 1] != 0):
             # QoS 2, a topic alias, properties or a truncated packet: gmqtt knows those.
-            self._gmqtt_publish(cmd, raw)
+            self._package_handler(Package(cmd, data[begin:end]))
             return
         try:
-            topic = raw[2:start].decode()
+            topic = data[start:stop].decode()
         except UnicodeDecodeError:
-            self._gmqtt_publish(cmd, raw)
+            self._package_handler(Package(cmd, data[begin:end]))
             return
         if qos:
             if not self._acks:
                 asyncio.get_running_loop().call_soon(self._send_acks, self._connection)
-            self._acks.append(b"\x40\x02" + raw[start:start + 2])
-        self.deliver(topic, raw[end:], qos, bool(cmd & 1))
+            self._acks.append(b"\x40\x02" + data[stop:stop + 2])
+        self.deliver(topic, data[body:end], qos, bool(cmd & 1))
 
     def _send_acks(self, connection: Any) -> None:
         """Write the PUBACKs gathered during one read (on the connection they belong to)."""
@@ -426,7 +458,6 @@ class MqttSession:
         client.inflight_storage = storage
         client.deliver = self._deliver
         client._acks = []
-        client.use_fast_publish()
         if ep.username is not None:
             client.set_auth_credentials(ep.username, ep.password)
         client.on_message = self._on_message

@@ -41,15 +41,14 @@ WRITE_MAX = 4096  # QoS 0 packets per socket write: start-up's 50,000 retained t
 rendering pauses for it: beyond this a burst coalesces instead of queueing."""
 
 
-class StateEntry:
+class StateEntry(msgspec.Struct, gc=False, eq=False):
     """A module's current value of one state key."""
 
-    __slots__ = ("raw", "time_ms", "value")
-
-    def __init__(self, value: Any, raw: bytes, time_ms: int) -> None:
-        self.value = value
-        self.raw = raw
-        self.time_ms = time_ms
+    # Not tracked by the cyclic collector (two are made per message, each living until its successor): it
+    # holds a JSON-able value and its encoding, never anything that could lead back to it.
+    value: Any
+    raw: bytes
+    time_ms: int
 
     def supersede(self) -> None:
         """No longer the state: let go of the value and payload (a broker may still hold this entry as what it
