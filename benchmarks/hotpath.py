@@ -3,7 +3,8 @@
     python -m benchmarks.hotpath [--devices 10000] [--per-module 1] [--messages 200000] [--chunk 600]
         [--privacy] [--qos 0] [--profile]
 
-Starts a mosquitto on a free loopback port and the runtime in this process with the benchmark site, then
+Starts a mosquitto on a free loopback port and the runtime in this process with the benchmark site (under
+the garbage-collector policy of `python -m runtime run`), then
 calls the shared Haltian stream's `on_message` with the load's exact topics and payloads, yielding to the
 event loop every `--chunk` messages (about one 64 KiB socket read), as the MQTT client would. Reports CPU
 µs per message for the handler and publishing (no MQTT receive cost, no other process on the core) and
