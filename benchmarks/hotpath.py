@@ -4,9 +4,9 @@
         [--privacy] [--qos 0] [--profile]
 
 Starts a mosquitto on a free loopback port and the runtime in this process with the benchmark site (under
-the garbage-collector policy of `python -m runtime run`), then
-calls the shared Haltian stream's `on_message` with the load's exact topics and payloads, yielding to the
-event loop every `--chunk` messages (about one 64 KiB socket read), as the MQTT client would. Reports CPU
+the garbage-collector policy of `python -m runtime run`), then calls the shared Haltian stream's `on_message`
+with the load's exact topics and payloads, yielding to the event loop every `--chunk` messages (about one
+64 KiB socket read), as the MQTT client would. Reports CPU
 µs per message for the handler and publishing (no MQTT receive cost, no other process on the core) and
 the publishes it caused; `--profile` prints the top of a cProfile run instead. A tool for working on the
 hot path; `make bench` remains the figure of record.
