@@ -172,6 +172,9 @@ class _Client(gmqtt.Client):  # type: ignore[misc]
                     break
                 shift += 7
                 if shift > 21:
+                    # gmqtt's read loop stops at -1: reconnect now rather than when the keep-alive notices.
+                    _log.warning("malformed packet length from the broker; reconnecting")
+                    self.lost.set()
                     return -1
             end = i + length
             if end > size:

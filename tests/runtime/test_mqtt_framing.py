@@ -66,10 +66,11 @@ def test_a_packet_split_across_reads_waits_for_its_end() -> None:
         assert delivered[-1] == ("a/2", b"y" * 300, 0, True)
 
 
-def test_a_length_of_more_than_four_bytes_is_malformed() -> None:
+def test_a_length_of_more_than_four_bytes_is_malformed_and_drops_the_connection() -> None:
     c, conn, delivered, others = client()
     assert c._read_packets(conn, b"\x30\xff\xff\xff\xff\x01" + b"\x00" * 10) == -1
     assert delivered == [] and others == []
+    assert c.lost.is_set()  # the session's supervisor reconnects
 
 
 def test_a_superseded_connection_delivers_nothing() -> None:

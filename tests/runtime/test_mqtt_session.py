@@ -156,3 +156,25 @@ async def test_plain_publishes_take_the_lean_receive_path(broker: Mosquitto, pro
     finally:
         await writer.stop()
         await reader.stop()
+
+
+async def test_a_message_larger_than_one_socket_read_arrives_whole(broker: Mosquitto) -> None:
+    inbox = Inbox()
+    reader = MqttSession(MqttEndpoint(broker.url, client_id="big-reader"), inbox, name="r")
+    writer = MqttSession(MqttEndpoint(broker.url, client_id="big-writer"), Inbox(), name="w")
+    reader.start()
+    writer.start()
+    big = bytes(range(256)) * 800  # 204,800 bytes: several 64 KiB reads
+    try:
+        assert await reader.wait_connected(10) and await writer.wait_connected(10)
+        reader.subscribe({"big/#": 1})
+        await asyncio.sleep(0.2)  # the SUBACK
+        writer.publish_batch([("big/0", b"before"), ("big/1", big), ("big/2", b"after")], 1, False)
+        for _ in range(500):
+            if len(inbox.messages) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        assert [(t, p) for t, p, _, _ in inbox.messages] == [("big/0", b"before"), ("big/1", big), ("big/2", b"after")]
+    finally:
+        await writer.stop()
+        await reader.stop()
