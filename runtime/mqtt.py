@@ -156,6 +156,7 @@ class _Client(gmqtt.Client):  # type: ignore[misc]
             return len(data)  # a superseded connection: gmqtt drops what it still reads, too
         connection._last_data_in = time.monotonic()  # what gmqtt's keep-alive reads, once per read
         publish = self._publish_at
+        v5 = self._connection_state.protocol_version >= MQTTv50
         size = len(data)
         pos = 0
         while size - pos >= 2:
@@ -181,15 +182,14 @@ class _Client(gmqtt.Client):  # type: ignore[misc]
                 return pos
             cmd = data[pos]
             if cmd & 0xF0 == 0x30:
-                publish(cmd, data, i, end)
+                publish(cmd, data, i, end, v5)
             else:
                 handler(Package(cmd, data[i:end]))  # gmqtt's handler logs what it fails on
             pos = end
         return pos
 
-    def _publish_at(self, cmd: int, data: bytes, begin: int, end: int) -> None:
+    def _publish_at(self, cmd: int, data: bytes, begin: int, end: int, v5: bool) -> None:
         qos = (cmd >> 1) & 3
-        v5 = self._connection_state.protocol_version >= MQTTv50
         start = begin + 2
         stop = start + int.from_bytes(data[begin:start], "big")
         body = stop + (2 if qos else 0) + v5

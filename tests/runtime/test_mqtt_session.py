@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+from collections.abc import AsyncIterator
 from typing import Literal
 
 import pytest
@@ -123,6 +125,36 @@ class Inbox(SessionListener):
         self.messages.append((topic, payload, qos, retain))
 
 
+@contextlib.asynccontextmanager
+async def pair(broker: Mosquitto, protocol: Literal["5", "3.1.1"], name: str,
+               topics: str) -> AsyncIterator[tuple[Inbox, MqttSession]]:
+    """A reader subscribed to `topics` (its inbox) and a writer, both connected."""
+    inbox = Inbox()
+    reader = MqttSession(MqttEndpoint(broker.url, protocol=protocol, client_id=f"{name}-reader-{protocol}"), inbox,
+                         name="r")
+    writer = MqttSession(MqttEndpoint(broker.url, protocol=protocol, client_id=f"{name}-writer-{protocol}"), Inbox(),
+                         name="w")
+    reader.start()
+    writer.start()
+    try:
+        assert await reader.wait_connected(10) and await writer.wait_connected(10)
+        reader.subscribe({topics: 1})
+        await asyncio.sleep(0.2)  # the SUBACK
+        yield inbox, writer
+    finally:
+        await writer.stop()
+        await reader.stop()
+
+
+async def received(inbox: Inbox, count: int) -> list[tuple[str, bytes, int, bool]]:
+    """The inbox once it holds `count` messages (or after 5 s)."""
+    for _ in range(500):
+        if len(inbox.messages) >= count:
+            break
+        await asyncio.sleep(0.01)
+    return inbox.messages
+
+
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 async def test_plain_publishes_take_the_lean_receive_path(broker: Mosquitto, protocol: Literal["5", "3.1.1"],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,47 +166,17 @@ async def test_plain_publishes_take_the_lean_receive_path(broker: Mosquitto, pro
         gmqtt_parser(handler, cmd, raw)
 
     monkeypatch.setattr(MqttPackageHandler, "_handle_publish_packet", counting)
-    inbox = Inbox()
-    reader = MqttSession(MqttEndpoint(broker.url, protocol=protocol, client_id=f"reader-{protocol}"), inbox, name="r")
-    writer = MqttSession(MqttEndpoint(broker.url, protocol=protocol, client_id=f"writer-{protocol}"), Inbox(),
-                         name="w")
-    reader.start()
-    writer.start()
-    try:
-        assert await reader.wait_connected(10) and await writer.wait_connected(10)
-        reader.subscribe({"lean/#": 1})
-        await asyncio.sleep(0.2)  # the SUBACK
+    async with pair(broker, protocol, "lean", "lean/#") as (inbox, writer):
         for qos in (0, 1):
             writer.publish_batch([(f"lean/{qos}/{i}", b"%d" % i) for i in range(200)], qos, False)
-        for _ in range(500):
-            if len(inbox.messages) >= 400:
-                break
-            await asyncio.sleep(0.01)
-        got = sorted((t, p, q) for t, p, q, _ in inbox.messages)
-        assert got == sorted((f"lean/{q}/{i}", b"%d" % i, q) for q in (0, 1) for i in range(200))
-        assert slow == []  # none went through gmqtt's parser
-    finally:
-        await writer.stop()
-        await reader.stop()
+        got = sorted((t, p, q) for t, p, q, _ in await received(inbox, 400))
+    assert got == sorted((f"lean/{q}/{i}", b"%d" % i, q) for q in (0, 1) for i in range(200))
+    assert slow == []  # none went through gmqtt's parser
 
 
 async def test_a_message_larger_than_one_socket_read_arrives_whole(broker: Mosquitto) -> None:
-    inbox = Inbox()
-    reader = MqttSession(MqttEndpoint(broker.url, client_id="big-reader"), inbox, name="r")
-    writer = MqttSession(MqttEndpoint(broker.url, client_id="big-writer"), Inbox(), name="w")
-    reader.start()
-    writer.start()
     big = bytes(range(256)) * 800  # 204,800 bytes: several 64 KiB reads
-    try:
-        assert await reader.wait_connected(10) and await writer.wait_connected(10)
-        reader.subscribe({"big/#": 1})
-        await asyncio.sleep(0.2)  # the SUBACK
+    async with pair(broker, "5", "big", "big/#") as (inbox, writer):
         writer.publish_batch([("big/0", b"before"), ("big/1", big), ("big/2", b"after")], 1, False)
-        for _ in range(500):
-            if len(inbox.messages) >= 3:
-                break
-            await asyncio.sleep(0.01)
-        assert [(t, p) for t, p, _, _ in inbox.messages] == [("big/0", b"before"), ("big/1", big), ("big/2", b"after")]
-    finally:
-        await writer.stop()
-        await reader.stop()
+        got = [(t, p) for t, p, _, _ in await received(inbox, 3)]
+    assert got == [("big/0", b"before"), ("big/1", big), ("big/2", b"after")]
