@@ -41,9 +41,14 @@ class ModulePlan(msgspec.Struct, frozen=True):
     settings: dict[str, Any]  # merged; its values are the settings file's own objects, shared, not copied
     timezone: str
     bindings: tuple[Binding, ...]
+    checked: Any = None
+    """The merged settings as converted when the plan was checked (a frozen Struct is handed out again)."""
 
     def driver_settings(self, settings_type: type[S]) -> S:
         """The merged settings as the driver's Struct (its defaults filled in, values shared)."""
+        checked = self.checked
+        if checked is not None and checked.__struct_config__.frozen and type(checked) is settings_type:
+            return checked
         return msgspec.convert(self.settings, settings_type, strict=False)
 
     @property
@@ -260,6 +265,9 @@ def build_plan(site: Site, registry: Registry) -> Plan:
 
     module_plans: dict[str, ModulePlan] = {}
     system_by_id = {s.id: (i, s) for i, s in enumerate(site.systems)}
+    driver_index = {d.id: i for i, d in enumerate(site.drivers)}
+    settings_of = {key: (cls.Settings, frozenset(cls.Settings.__struct_fields__) | {"timezone"})
+                   for key in {d.driver for d in site.drivers} if key in registry for cls in (registry.get(key),)}
     for module in site.modules:
         i = module_index[module.id]
         maybe_record = drivers.get(module.driver)
@@ -268,7 +276,7 @@ def build_plan(site: Site, registry: Registry) -> Plan:
         record = maybe_record
         placements = module_systems[module.id]
         layers: list[tuple[tuple[str | int, ...], dict[str, Any]]] = [
-            (("drivers", list(drivers).index(record.id), "settings"), record.settings),
+            (("drivers", driver_index[record.id], "settings"), record.settings),
             (("org", "settings"), site.org.settings)]
         if placements:
             # Zone and system layers come from the module's first system.
@@ -283,23 +291,24 @@ def build_plan(site: Site, registry: Registry) -> Plan:
         tz = merged.get("timezone", site.org.timezone)
         if not _valid_tz(tz):
             tz = site.org.timezone
-        if record.driver in registry:
-            driver_cls = registry.get(record.driver)
+        checked = None
+        driver_settings = settings_of.get(record.driver)
+        if driver_settings is not None:
+            settings_type, known = driver_settings
             try:
-                msgspec.convert(merged, driver_cls.Settings, strict=False)
+                checked = msgspec.convert(merged, settings_type, strict=False)
             except msgspec.ValidationError as exc:
                 c.err(_blame(exc, origin, ("modules", i, "settings")),
                       f"{exc} (merged settings of module {module.id!r})")
-            known = set(driver_cls.Settings.__struct_fields__)
             for key in module.settings:
-                if key not in known and key != "timezone":
+                if key not in known:
                     c.warn(("modules", i, "settings", key), f"no setting {key!r} in driver {record.driver!r}; ignored")
         bindings = tuple(
             Binding(sys_id, idx, topics.state_prefix(org, systems[sys_id].levels, sys_id, record.id,
                                                      resolved_names[module.id], idx))
             for sys_id, idx in placements)
         module_plans[module.id] = ModulePlan(module.id, record.id, record.driver, resolved_names[module.id], merged,
-                                             tz, bindings)
+                                             tz, bindings, checked)
 
     c.problems += validate_privacy(site, resolved_names)
     if c.problems:

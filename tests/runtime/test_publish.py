@@ -159,7 +159,9 @@ async def test_restart_without_a_system_clears_its_metadata_and_state(broker: Mo
     assert "placeos/org-t/metadata/sys-old" in found
     assert any("/sys-old/" in t for t in found)
     write_settings(path, site(broker.url))
-    async with running(path):
+    async with running(path) as rt:
+        # The sweep queued its clears; `retained` blocks the event loop, so they must be sent first.
+        assert await rt.publisher.outputs[0].flush(5)  # type: ignore[union-attr]
         found = retained(broker.port, "placeos/org-t/#")
     assert "placeos/org-t/metadata/sys-old" not in found
     assert not [t for t in found if "/sys-old/" in t]

@@ -7,12 +7,14 @@ import gc
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from runtime.app import Runtime
 from runtime.errors import SettingsError
 from runtime.plan import build_plan
 from runtime.settings import load_document
 from tests.support.broker import Mosquitto, free_port
-from tests.support.site import registry, running, site, write_settings
+from tests.support.site import ProbeSettings, registry, running, site, write_settings
 from tests.support.subscriber import Subscriber
 
 ROOM = "placeos/org-t/state/bld-1/lvl-2/area-201/sys-201"
@@ -62,6 +64,24 @@ def test_check_warns_about_unused_module_keys_and_homeless_modules() -> None:
     plan = build_plan(load_document(doc, {}), registry())
     assert "modules[0].settings.colour: no setting 'colour' in driver 'probe'; ignored" in plan.warnings
     assert "modules[1]: module is in no system: it runs but publishes nothing" in plan.warnings
+
+
+def test_a_module_gets_the_settings_its_plan_checked_when_they_cannot_change() -> None:
+    doc = site("mqtt://127.0.0.1:1883")
+    doc["modules"][0]["settings"] = {"label": "x"}
+    module = build_plan(load_document(doc, {}), registry()).modules["mod-a"]
+
+    class Frozen(msgspec.Struct, frozen=True):
+        label: str = ""
+        spare: int = 3
+
+    checked = msgspec.convert(module.settings, Frozen, strict=False)
+    plan = msgspec.structs.replace(module, checked=checked)
+    assert plan.driver_settings(Frozen) is checked  # converted once, when the plan was checked
+    mutable = module.driver_settings(ProbeSettings)
+    assert mutable == ProbeSettings(label="x") and mutable is not module.checked  # a fresh one each time
+    assert module.driver_settings(ProbeSettings) is not mutable
+    assert module.driver_settings(Frozen) == Frozen(label="x")  # another type: converted now
 
 
 async def test_module_state_directories_are_left_to_the_drivers(broker: Mosquitto, tmp_path: Path) -> None:
