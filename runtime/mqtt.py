@@ -132,7 +132,8 @@ class _Client(gmqtt.Client):  # type: ignore[misc]
     Incoming data is framed here, one pass over each socket read: QoS 0/1 PUBLISH packets without
     MQTT 5 properties (every message of a 3.1.1 session, and the common case on MQTT 5) are parsed in
     place and handed straight to `deliver`, their PUBACKs written together once the read is handled;
-    every other packet goes to gmqtt's own handler, as gmqtt's framing would hand it over.
+    PUBACKs for our own QoS 1 publishes release their packet ids here too; every other packet goes to
+    gmqtt's own handler, as gmqtt's framing would hand it over.
     """
 
     lost: asyncio.Event
@@ -156,6 +157,7 @@ class _Client(gmqtt.Client):  # type: ignore[misc]
             return len(data)  # a superseded connection: gmqtt drops what it still reads, too
         connection._last_data_in = time.monotonic()  # what gmqtt's keep-alive reads, once per read
         publish = self._publish_at
+        acked = self.inflight_storage.remove_message_by_mid
         v5 = self._connection_state.protocol_version >= MQTTv50
         size = len(data)
         pos = 0
@@ -183,6 +185,11 @@ class _Client(gmqtt.Client):  # type: ignore[misc]
             cmd = data[pos]
             if cmd & 0xF0 == 0x30:
                 publish(cmd, data, i, end, v5)
+            elif cmd == 0x40 and length >= 2:
+                # A PUBACK, as gmqtt handles it (its reason code unread), without three debug calls per packet.
+                mid = int.from_bytes(data[i:i + 2], "big")
+                handler.id_generator.free_id(mid)
+                acked(mid)
             else:
                 handler(Package(cmd, data[i:end]))  # gmqtt's handler logs what it fails on
             pos = end

@@ -6,7 +6,7 @@ import asyncio
 
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 
-from runtime.mqtt import _Client, _varint
+from runtime.mqtt import _Client, _InflightStorage, _varint
 
 
 class Connection:
@@ -38,6 +38,7 @@ def client(version: int = MQTTv311) -> tuple[_Client, Connection, list[tuple[str
     c._connection_state.protocol_version = version
     c._acks = []
     c.lost = asyncio.Event()
+    c.inflight_storage = _InflightStorage(lambda since: None)
     delivered: list[tuple[str, bytes, int, bool]] = []
     c.deliver = lambda topic, payload, qos, retain: delivered.append((topic, payload, qos, retain))
     others: list[int] = []
@@ -101,3 +102,19 @@ async def test_qos1_publishes_of_one_read_are_acknowledged_in_one_write() -> Non
     await asyncio.sleep(0)
     assert conn.written == [b"".join(b"\x40\x02" + (i + 1).to_bytes(2, "big") for i in range(3))]
 
+
+
+def test_pubacks_release_their_packet_ids_and_stored_packets() -> None:
+    c, conn, _, others = client()
+    acked: list[float | None] = []
+    c.inflight_storage = _InflightStorage(acked.append)
+    ids = c._package_handler.id_generator
+    mids = [ids.next_id() for _ in range(3)]
+    for n, mid in enumerate(mids):
+        c.inflight_storage.since = float(n)
+        c.inflight_storage.push_message(mid, b"packet")
+    data = packet(0x40, mids[0].to_bytes(2, "big")) + packet(0x40, mids[2].to_bytes(2, "big") + b"\x10")  # v5 reason
+    assert c._read_packets(conn, data) == len(data)
+    assert acked == [0.0, 2.0] and c.inflight_storage.count == 1
+    assert ids._used_ids == {mids[1]}
+    assert others == []
