@@ -186,7 +186,7 @@ class _Client(gmqtt.Client):  # type: ignore[misc]
             if cmd & 0xF0 == 0x30:
                 publish(cmd, data, i, end, v5)
             elif cmd == 0x40 and length >= 2:
-                # A PUBACK, as gmqtt handles it (its reason code unread), without three debug calls per packet.
+                # A PUBACK, as gmqtt handles it (its reason code unread), without its dispatch per packet.
                 mid = int.from_bytes(data[i:i + 2], "big")
                 handler.id_generator.free_id(mid)
                 acked(mid)
