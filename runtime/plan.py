@@ -42,12 +42,12 @@ class ModulePlan(msgspec.Struct, frozen=True):
     timezone: str
     bindings: tuple[Binding, ...]
     checked: Any = None
-    """The merged settings as converted when the plan was checked (a frozen Struct is handed out again)."""
+    """The merged settings as converted when the plan was checked, kept when the driver's Struct is frozen."""
 
     def driver_settings(self, settings_type: type[S]) -> S:
         """The merged settings as the driver's Struct (its defaults filled in, values shared)."""
         checked = self.checked
-        if checked is not None and checked.__struct_config__.frozen and type(checked) is settings_type:
+        if type(checked) is settings_type:
             return checked
         return msgspec.convert(self.settings, settings_type, strict=False)
 
@@ -266,8 +266,13 @@ def build_plan(site: Site, registry: Registry) -> Plan:
     module_plans: dict[str, ModulePlan] = {}
     system_by_id = {s.id: (i, s) for i, s in enumerate(site.systems)}
     driver_index = {d.id: i for i, d in enumerate(site.drivers)}
-    settings_of = {key: (cls.Settings, frozenset(cls.Settings.__struct_fields__) | {"timezone"})
-                   for key in {d.driver for d in site.drivers} if key in registry for cls in (registry.get(key),)}
+    # Per driver: its settings Struct, the keys a module may set, and whether the checked Struct can be kept.
+    settings_of: dict[str, tuple[type[msgspec.Struct], frozenset[str], bool]] = {}
+    for key in {d.driver for d in site.drivers}:
+        if key in registry:
+            settings_type = registry.get(key).Settings
+            settings_of[key] = (settings_type, frozenset(settings_type.__struct_fields__) | {"timezone"},
+                                settings_type.__struct_config__.frozen)
     for module in site.modules:
         i = module_index[module.id]
         maybe_record = drivers.get(module.driver)
@@ -294,9 +299,10 @@ def build_plan(site: Site, registry: Registry) -> Plan:
         checked = None
         driver_settings = settings_of.get(record.driver)
         if driver_settings is not None:
-            settings_type, known = driver_settings
+            settings_type, known, keep = driver_settings
             try:
-                checked = msgspec.convert(merged, settings_type, strict=False)
+                converted = msgspec.convert(merged, settings_type, strict=False)
+                checked = converted if keep else None
             except msgspec.ValidationError as exc:
                 c.err(_blame(exc, origin, ("modules", i, "settings")),
                       f"{exc} (merged settings of module {module.id!r})")

@@ -59,7 +59,7 @@ def test_a_packet_split_across_reads_waits_for_its_end() -> None:
     c, conn, delivered, _ = client()
     first, second = publish("a/1", b"one"), publish("a/2", b"y" * 300)  # a 2-byte length
     data = first + second
-    for cut in (len(first) + 1, len(first) + 2, len(data) - 1):  # in the length, after it, in the payload
+    for cut in (len(first) + 1, len(first) + 2, len(data) - 1):  # before its length, inside it, in the payload
         delivered.clear()
         assert c._read_packets(conn, data[:cut]) == len(first)
         assert delivered == [("a/1", b"one", 0, True)]
