@@ -66,8 +66,9 @@ class ModuleHost:
     """
 
     __slots__ = ("_crash", "_delay", "_logger", "_schedule", "_stopping", "_supervisor", "_tasks", "_watches",
-                 "driver_id", "failures", "instance", "loads", "manager", "metrics", "module_id", "name", "plan",
-                 "prefixes", "routes", "states", "status", "timezone", "upstream_ok", "watchers")
+                 "driver_id", "failures", "instance", "loads", "manager", "metrics", "module_id", "name",
+                 "needs_upstream", "plan", "prefixes", "routes", "states", "status", "timezone", "upstream_ok",
+                 "watchers")
 
     def __init__(self, manager: Manager, plan: ModulePlan) -> None:
         self.manager = manager
@@ -83,6 +84,8 @@ class ModuleHost:
         self.watchers: dict[str, list[_Watch]] | None = None
         self.status = Status.LOADING
         self.upstream_ok = False
+        self.needs_upstream = True
+        """Whether `connected` waits for `set_connected(True)` (the driver's `has_upstream`, known once loaded)."""
         self.loads = 0
         self.failures = 0
         self.instance: Driver[Any] | None = None
@@ -203,9 +206,7 @@ class ModuleHost:
                     _log.error("state callback for %s.%s failed: %s", self.module_id, key, exc, exc_info=exc)
 
     def _update_connected(self) -> None:
-        cls = self.manager.registry.get(self.plan.driver_key) if self.plan.driver_key in self.manager.registry else None
-        needs_upstream = cls.has_upstream if cls is not None else True
-        up = self.status is Status.RUNNING and (self.upstream_ok or not needs_upstream)
+        up = self.status is Status.RUNNING and (self.upstream_ok or not self.needs_upstream)
         self._set(CONNECTED, up)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
@@ -280,6 +281,7 @@ class ModuleHost:
         self.status = Status.LOADING
         self.upstream_ok = False
         cls = self.manager.registry.get(self.plan.driver_key)
+        self.needs_upstream = cls.has_upstream
         settings = self.plan.driver_settings(cls.Settings)
         self.instance = cls(self, settings)
         self.loads += 1

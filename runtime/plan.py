@@ -182,14 +182,16 @@ def _ancestors(zone: str, parents: dict[str, str | None]) -> list[str]:
 SettingsPath = tuple[str | int, ...]
 
 
-def _merge(layers: list[tuple[SettingsPath, dict[str, Any]]]) -> tuple[dict[str, Any], dict[str, SettingsPath]]:
+def _merge(layers: list[tuple[SettingsPath, dict[str, Any]]]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
-    origin: dict[str, tuple[str | int, ...]] = {}
-    for path, layer in layers:
-        for key, value in layer.items():
-            merged[key] = value
-            origin[key] = (*path, key)
-    return merged, origin
+    for _, layer in layers:
+        merged.update(layer)
+    return merged
+
+
+def _origin(layers: list[tuple[SettingsPath, dict[str, Any]]]) -> dict[str, SettingsPath]:
+    """Where each merged key came from (the last layer that set it); needed only to blame an error."""
+    return {key: (*path, key) for path, layer in layers for key in layer}
 
 
 def build_plan(site: Site, registry: Registry) -> Plan:
@@ -292,7 +294,7 @@ def build_plan(site: Site, registry: Registry) -> Plan:
         else:
             c.warn(("modules", i), "module is in no system: it runs but publishes nothing")
         layers.append((("modules", i, "settings"), module.settings))
-        merged, origin = _merge(layers)
+        merged = _merge(layers)
         tz = merged.get("timezone", site.org.timezone)
         if not _valid_tz(tz):
             tz = site.org.timezone
@@ -304,7 +306,7 @@ def build_plan(site: Site, registry: Registry) -> Plan:
                 converted = msgspec.convert(merged, settings_type, strict=False)
                 checked = converted if keep else None
             except msgspec.ValidationError as exc:
-                c.err(_blame(exc, origin, ("modules", i, "settings")),
+                c.err(_blame(exc, _origin(layers), ("modules", i, "settings")),
                       f"{exc} (merged settings of module {module.id!r})")
             for key in module.settings:
                 if key not in known:

@@ -18,6 +18,8 @@ from drivers.haltian.occupancy import LocalCounter
 SetState = Callable[[str, Any], None]
 MEAN_KEYS = tuple(s.state for s in SPECS.values() if s.combine == "mean" and s.state)
 MIN_KEYS = tuple(s.state for s in SPECS.values() if s.combine == "min" and s.state)
+MEASURED_KEYS = (*MEAN_KEYS, *MIN_KEYS, "presence", "occupied", "occupancy_confidence")
+"""The keys `publish_all` derives from held measurements (a module without any leaves them unset)."""
 _TYPE_OF = {s.state: s.name for s in SPECS.values() if s.combine in ("mean", "min") and s.state}
 """State key -> the one measurement type it combines."""
 OFFLINE = "deviceOffline"
@@ -49,10 +51,11 @@ class Device:
 class RoomState:
     """Combines one module's devices into its state keys."""
 
-    __slots__ = ("_detail", "_devices", "_group_count", "_group_moves", "_group_occupancy", "_set", "counter",
-                 "group", "last_heard", "stale_after", "types")
+    __slots__ = ("_detail", "_devices", "_group_count", "_group_moves", "_group_occupancy", "_measured", "_set",
+                 "counter", "group", "last_heard", "stale_after", "types")
 
-    def __init__(self, set_state: SetState, counter: LocalCounter) -> None:
+    def __init__(self, set_state: SetState, counter: LocalCounter, *, published: bool = True) -> None:
+        """`published`: whether measured keys may be set already (by an earlier load of the module)."""
         self._set = set_state
         self.counter = counter
         self.group: str | None = None
@@ -65,6 +68,8 @@ class RoomState:
         self._group_occupancy: tuple[bool, float | None] | None = None
         self._group_count: int | None = None
         self._group_moves: tuple[int, int] | None = None
+        # Whether a measured key may be set: until then `publish_all` has none to compute or clear.
+        self._measured = published
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -117,12 +122,13 @@ class RoomState:
 
     def publish_all(self, now: float) -> None:
         """Publish every key from what is held (after load, reconfiguration or a periodic check)."""
-        for key in MEAN_KEYS:
-            self._publish_mean(key, now)
-        for key in MIN_KEYS:
-            self._publish_min(key)
-        self._publish_presence()
-        self._publish_occupancy()
+        if self._measured:
+            for key in MEAN_KEYS:
+                self._publish_mean(key, now)
+            for key in MIN_KEYS:
+                self._publish_min(key)
+            self._publish_presence()
+            self._publish_occupancy()
         self.publish_counts()
         self._publish_devices()
         self._publish_offline()
@@ -144,6 +150,7 @@ class RoomState:
         if held is not None and at <= held[0]:
             return False
         found.held[canonical] = (at, value)
+        self._measured = True
         self._heard(device, found, at, canonical, to_detail(value))
         self._publish_devices()
         if known is None:

@@ -6,7 +6,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
-from drivers.haltian.aggregate import RoomState
+from drivers.haltian.aggregate import MEASURED_KEYS, RoomState
 from drivers.haltian.graphql import GraphQLError, ServiceApi
 from drivers.haltian.models import (
     SPECS,
@@ -79,7 +79,9 @@ class HaltianDriver(Driver[HaltianSettings]):
     def __init__(self, ctx: ModuleContext, settings: HaltianSettings) -> None:
         super().__init__(ctx, settings)
         self.counter = LocalCounter(ctx)
-        self.room = RoomState(ctx.set_state, self.counter)
+        # A reloaded module still shows what its previous instance published: the first `publish_all` clears it.
+        published = any(ctx.get_state(key) is not None for key in MEASURED_KEYS)
+        self.room = RoomState(ctx.set_state, self.counter, published=published)
         self.stream: HaltianStream | None = None
         self._stream_key: tuple[str, ...] = ()
         self.api: ServiceApi | None = None

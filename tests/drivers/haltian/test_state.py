@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from drivers.haltian import HaltianDriver
 from drivers.haltian.models import SPECS, TYPES, canonical_type, parse_topic
 from tests.drivers.haltian.cases import CASES, GROUP_TYPES, Case, spelled
 from tests.drivers.haltian.conftest import DEV_A, DEV_B, DEV_C, GROUP, PREFIX, Rig, payload, stamp
@@ -168,6 +169,24 @@ async def test_offline_devices(rig: Rig) -> None:
     rig.session.deliver(f"{PREFIX}/messages/rawData/{DEV_B}", payload("00ff", rig.clock.time()))
     assert ctx.states["offline_devices"] == []
     assert ctx.states["devices"][DEV_B]["last_seen"] == stamp(rig.clock.time())
+
+
+async def test_a_reloaded_module_clears_what_its_previous_instance_measured(rig: Rig) -> None:
+    driver, ctx = await rig.module(devices=[DEV_A, DEV_B])
+    assert set(ctx.states) == {"devices", "offline_devices"}  # a fresh module has no measured key to clear
+    rig.session.go_up()
+    rig.send("ambientTemperature", DEV_A, 21.0)
+    rig.send("occupancyStatus", DEV_B, {"occupied": True, "confidence": 0.95})
+    assert ctx.states["temperature"] == 21.0
+    assert ctx.states["occupied"] is True
+    await driver.on_unload()
+    # A crashed module is loaded again on the same context: its states are still there.
+    again = HaltianDriver(ctx, driver.settings)
+    await again.on_load()
+    await again.on_update()
+    assert set(ctx.states) == {"devices", "offline_devices"}
+    assert ("temperature", None) in ctx.history
+    assert ("occupied", None) in ctx.history
 
 
 async def test_connected_follows_session_and_freshness(rig: Rig) -> None:
