@@ -487,12 +487,15 @@ class StateFilter:
 class RuleSet:
     """The rules one destination (a broker, the HTTP API) applies, in settings order."""
 
-    __slots__ = ("_engine", "_metadata", "_rules", "names")
+    __slots__ = ("_engine", "_filters", "_metadata", "_rules", "names")
 
     def __init__(self, engine: PrivacyEngine, rules: Sequence[_Rule]) -> None:
         self._engine = engine
         self._rules = tuple(rules)
         self.names = tuple(rule.name for rule in self._rules)
+        # (indices of the admitting rules, state key) -> its filter: immutable, so shared by every module
+        # whose key the same rules admit (a site has 10,000 modules with the same few keys).
+        self._filters: dict[tuple[tuple[int, ...], str], StateFilter] = {}
         """The rule names, in settings order."""
         unscoped = [rule for rule in self._rules if not rule.scoped]
         self._metadata = engine._scan(unscoped) if unscoped else None
@@ -502,10 +505,15 @@ class RuleSet:
         rules = [rule for rule in self._rules if rule.admits(driver_id, module_id, state_key)]
         if not rules:
             return None
-        scan = self._engine._scan(rules)
-        verdict = scan.verdict(state_key)
-        key: str | Drop = DROP if verdict.drop is not None else state_key if verdict is _CLEAN else verdict.result
-        return StateFilter(key, tuple(rule.name for rule in rules), scan, verdict.actions, self._engine._on_action)
+        cache_key = (tuple(rule.index for rule in rules), state_key)
+        found = self._filters.get(cache_key)
+        if found is None:
+            scan = self._engine._scan(rules)
+            verdict = scan.verdict(state_key)
+            key: str | Drop = DROP if verdict.drop is not None else state_key if verdict is _CLEAN else verdict.result
+            found = self._filters[cache_key] = StateFilter(key, tuple(rule.name for rule in rules), scan,
+                                                           verdict.actions, self._engine._on_action)
+        return found
 
     def metadata(self, payload: dict[str, Any]) -> dict[str, Any] | Drop:
         """A metadata payload through the unscoped rules: DROP, the payload itself, or a filtered copy."""

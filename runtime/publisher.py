@@ -22,7 +22,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
@@ -93,9 +93,18 @@ class Source(Protocol):
 Retained = bytes | StateEntry
 """What a topic holds: an encoded payload, or a state entry rendered when sent."""
 Route = tuple["Lane", tuple[str, ...], "StateFilter | None"]
-Routes = str | tuple[Route, ...]
+
+
+class Filtered(NamedTuple):
+    """The route of a key with one lane, one topic and privacy rules: the topic and the key's filter."""
+
+    topic: str
+    rules: StateFilter
+
+
+Routes = str | Filtered | tuple[Route, ...]
 """How one state key reaches the brokers: per lane, its topics and privacy rules; or, in the common case of
-one lane, one topic and no rule for the key, just that topic (a site may have 100,000 of them)."""
+one lane and one topic, just that topic (a site may have 100,000 of them), with its filter when rules apply."""
 
 
 class Output(SessionListener):
@@ -460,8 +469,9 @@ class Publisher:
         """How one state key of one module reaches the brokers (built once per key and kept: see `Routes`)."""
         lanes = self._lane_routes(source, key)
         routes: Routes = lanes
-        if len(lanes) == 1 and len(lanes[0][1]) == 1 and lanes[0][2] is None:
-            routes = lanes[0][1][0]
+        if len(lanes) == 1 and len(lanes[0][1]) == 1:
+            _lane, (topic,), scoped = lanes[0]
+            routes = topic if scoped is None else Filtered(topic, scoped)
         source.routes[key] = routes
         return routes
 
@@ -535,8 +545,8 @@ class Publisher:
     def _render(self, source: Source, key: str, entry: StateEntry | None, since: float) -> None:
         route = source.routes.get(key) or self.routes(source, key)
         payload: Retained
+        single = self._single
         if isinstance(route, str):
-            single = self._single
             if single is not None:
                 payload = CLEAR if entry is None else entry
                 for out in single.outputs:
@@ -544,24 +554,31 @@ class Publisher:
                 return
             # Built before the brokers were reconfigured (reconcile rebuilds every route soon after).
             lanes = self._lane_routes(source, key)
+        elif isinstance(route, Filtered):
+            if single is not None:
+                payload = self._filtered(single, route.rules, entry)
+                for out in single.outputs:
+                    out.put(route.topic, payload, since)
+                return
+            lanes = self._lane_routes(source, key)
         else:
             lanes = route
-        for lane, state_topics, scoped in lanes:
-            if entry is None:
-                payload = CLEAR
-            elif scoped is None:
-                payload = entry
-            else:
-                value = scoped.apply(entry.value)
-                if value is self._drop:
-                    payload = CLEAR
-                elif value is entry.value:
-                    payload = entry
-                else:
-                    payload = lane.render(encode_value(value), entry.time_ms)
+        for lane, state_topics, rules in lanes:
+            payload = CLEAR if entry is None else entry if rules is None else self._filtered(lane, rules, entry)
             for out in lane.outputs:
                 for topic in state_topics:
                     out.put(topic, payload, since)
+
+    def _filtered(self, lane: Lane, rules: StateFilter, entry: StateEntry | None) -> Retained:
+        """What a lane sends for a state entry after the key's privacy rules."""
+        if entry is None:
+            return CLEAR
+        value = rules.apply(entry.value)
+        if value is self._drop:
+            return CLEAR
+        if value is entry.value:
+            return entry
+        return lane.render(encode_value(value), entry.time_ms)
 
     def reconcile(self, sources: Iterable[Source]) -> int:
         """Re-render every module state through the current routes and rules; clear what moved.

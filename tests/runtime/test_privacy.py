@@ -228,6 +228,15 @@ def test_drivers_and_modules_limit_a_rule_and_combine() -> None:
     assert f.apply([EMAIL, PHONE, UUID]) == [digest(EMAIL), "****", "****"]
 
 
+def test_modules_whose_key_the_same_rules_admit_share_one_filter() -> None:
+    rule_set = rules(rule("e", "email", "hash"), rule("p", "phone", "mask", modules=["mod-x"]))
+    shared = state(rule_set, "status", "drv-1", "mod-1")
+    assert state(rule_set, "status", "drv-2", "mod-2") is shared
+    assert state(rule_set, "status", "drv-1", "mod-x").rules == ("e", "p")  # another set of rules: its own
+    assert state(rule_set, "note", "drv-1", "mod-1") is not shared  # another key: its own
+    assert shared.apply(f"by {EMAIL}") == f"by {digest(EMAIL)}"
+
+
 # --- how rules combine --------------------------------------------------------------------------------------
 
 

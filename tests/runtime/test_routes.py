@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
 
 from runtime import topics
 from runtime.metrics import Metrics
 from runtime.model import Broker
-from runtime.publisher import Output, Publisher, Routes, RuleSet, StateEntry
+from runtime.model import Privacy, PrivacyRule
+from runtime.privacy import DROP, PrivacyEngine
+from runtime.publisher import CLEAR, Filtered, Output, Publisher, Routes, RuleSet, StateEntry
 
 PREFIX = topics.state_prefix("org-1", ["bld", None, "area"], "sys-1", "drv-1", "Probe", 1)
 TOPIC = topics.state_topic(PREFIX, "temperature")
@@ -40,11 +45,18 @@ def wire(out: Output, topic: str) -> bytes:
     return held if isinstance(held, bytes) else out.render(held.raw, held.time_ms)
 
 
-def change(publisher: Publisher, source: FakeSource, value: float, time_ms: int) -> None:
-    """Set `temperature` and render it at once."""
-    source.states["temperature"] = StateEntry(value, str(value).encode(), time_ms)
-    publisher.state_changed(source, "temperature")
+def change(publisher: Publisher, source: FakeSource, value: Any, time_ms: int, key: str = "temperature") -> None:
+    """Set a key (`temperature` unless told) and render it at once."""
+    source.states[key] = StateEntry(value, msgspec.json.encode(value), time_ms)
+    publisher.state_changed(source, key)
     publisher.render_all()
+
+
+def email_rules(names: list[str]) -> RuleSet | None:
+    """Destinations that hash emails and drop anything mentioning a visitor."""
+    engine = PrivacyEngine(Privacy(secret="s", rules=[PrivacyRule(name="e", match="email", action="hash"),
+                                                      PrivacyRule(name="v", match="visitor", action="drop")]))
+    return engine.for_rules(["e", "v"])
 
 
 async def test_one_broker_without_rules_keeps_only_the_topic() -> None:
@@ -94,3 +106,34 @@ async def test_a_broker_whose_payload_format_changes_gets_every_state_topic_agai
     publisher.configure([broker("a", "placeos-source")], lambda b: "rt", no_rules)
     publisher.reconcile([source])
     assert wire(out, TOPIC) == b'{"time":1700000000,"value":21.5}'
+
+
+async def test_one_broker_with_rules_keeps_the_topic_and_the_keys_filter() -> None:
+    publisher = Publisher("org-1", [broker("a")], lambda b: "rt", Metrics(), email_rules, drop=DROP)
+    source, other = FakeSource(), FakeSource(module_id="mod-2", prefixes=(PREFIX.replace("sys-1", "sys-2"),))
+    change(publisher, source, 21.5, 1_700_000_000_000)
+    change(publisher, other, 20.0, 1_700_000_000_000)
+    route = source.routes["temperature"]
+    assert isinstance(route, Filtered) and route.topic == TOPIC
+    other_route = other.routes["temperature"]
+    assert isinstance(other_route, Filtered) and other_route.rules is route.rules  # one filter per key and rules
+    out = publisher.outputs[0]
+    assert out.current[TOPIC] is source.states["temperature"]  # nothing matched: the entry itself
+    host = topics.state_topic(PREFIX, "host")
+    change(publisher, source, "a.person@example.com", 1_700_000_001_000, key="host")
+    assert b"example.com" not in wire(out, host)
+    change(publisher, source, "a visitor", 1_700_000_002_000, key="host")
+    assert out.pending[host] == CLEAR
+
+
+async def test_a_filtered_route_still_reaches_every_broker_after_brokers_are_added() -> None:
+    publisher = Publisher("org-1", [broker("a")], lambda b: "rt", Metrics(), email_rules, drop=DROP)
+    source = FakeSource()
+    change(publisher, source, "x@example.com", 1_700_000_000_000, key="host")
+    host = topics.state_topic(PREFIX, "host")
+    assert isinstance(source.routes["host"], Filtered)
+    publisher.configure([broker("a"), broker("b", "placeos-source")], lambda b: f"rt-{b.name}", email_rules)
+    change(publisher, source, "y@example.com", 1_700_000_001_000, key="host")
+    a, b = publisher.outputs
+    assert b"example.com" not in wire(a, host) and b"example.com" not in wire(b, host)
+    assert wire(b, host).startswith(b'{"time":1700000001,"value":"')
