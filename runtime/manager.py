@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from runtime.clock import Clock, TimerQueue
+from runtime.clock import Clock, Deadline, TimerQueue
 from runtime.driver import Driver, DriverMetrics, StateCallback, Transports
 from runtime.errors import DriverError
 from runtime.metrics import DriverCounters, Metrics
@@ -285,7 +285,7 @@ class ModuleHost:
         settings = self.plan.driver_settings(cls.Settings)
         self.instance = cls(self, settings)
         self.loads += 1
-        async with asyncio.timeout(self.manager.load_timeout):
+        async with Deadline(self.manager.timers, self.manager.load_timeout):
             await self.instance.on_load()
             await self.instance.on_update()
         self.status = Status.RUNNING
@@ -309,7 +309,7 @@ class ModuleHost:
         cls = self.manager.registry.get(plan.driver_key)
         instance.settings = plan.driver_settings(cls.Settings)
         try:
-            async with asyncio.timeout(self.manager.load_timeout):
+            async with Deadline(self.manager.timers, self.manager.load_timeout):
                 await instance.on_update()
         except Exception as exc:
             self._fail(exc)

@@ -9,10 +9,10 @@ import msgspec
 
 from runtime import topics
 from runtime.metrics import Metrics
-from runtime.model import Broker
-from runtime.model import Privacy, PrivacyRule
+from runtime.model import Broker, Privacy, PrivacyRule
+from runtime.payloads import CLEAR
 from runtime.privacy import DROP, PrivacyEngine
-from runtime.publisher import CLEAR, Filtered, Output, Publisher, Routes, RuleSet, StateEntry
+from runtime.publisher import Filtered, Output, Publisher, Routes, RuleSet, StateEntry
 
 PREFIX = topics.state_prefix("org-1", ["bld", None, "area"], "sys-1", "drv-1", "Probe", 1)
 TOPIC = topics.state_topic(PREFIX, "temperature")

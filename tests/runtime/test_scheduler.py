@@ -7,7 +7,9 @@ import datetime as dt
 import logging
 from zoneinfo import ZoneInfo
 
-from runtime.clock import TURN_MAX, FakeClock, TimerQueue
+import pytest
+
+from runtime.clock import TURN_MAX, Deadline, FakeClock, TimerQueue
 from runtime.scheduler import Scheduler, next_daily
 
 HEL = ZoneInfo("Europe/Helsinki")
@@ -190,3 +192,62 @@ async def test_timer_queue_lets_the_loop_run_between_large_batches() -> None:
     await clock.advance(10)
     assert ran == list(range(1000))
     assert seen_by_loop == [TURN_MAX]  # other work ran after the first batch, before the rest
+
+
+# --- deadlines on the timer queue ------------------------------------------------------------------------
+
+
+async def test_a_deadline_lets_a_block_that_finishes_in_time_through() -> None:
+    clock = FakeClock()
+    timers = TimerQueue(clock)
+
+    async def work() -> str:
+        async with Deadline(timers, 10):
+            await clock.sleep(9)
+        return "done"
+
+    task = asyncio.create_task(work())
+    await clock.advance(9.5)
+    assert await task == "done"
+    assert len(timers) == 0  # its timer went with the block
+    await clock.advance(5)
+
+
+async def test_a_deadline_turns_its_own_cancellation_into_timeout_error() -> None:
+    clock = FakeClock()
+    timers = TimerQueue(clock)
+    outcome: list[str] = []
+
+    async def work() -> None:
+        try:
+            async with Deadline(timers, 10):
+                await asyncio.Event().wait()
+        except TimeoutError as exc:
+            outcome.append(str(exc))
+            task = asyncio.current_task()
+            assert task is not None and task.cancelling() == 0  # nothing left to cancel what follows
+            await clock.sleep(1)
+            outcome.append("went on")
+
+    task = asyncio.create_task(work())
+    await clock.advance(9.9)
+    assert outcome == []
+    await clock.advance(2)
+    await task
+    assert outcome == ["not done within 10 s", "went on"]
+
+
+async def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
+    clock = FakeClock()
+    timers = TimerQueue(clock)
+
+    async def work() -> None:
+        async with Deadline(timers, 10):
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(work())
+    await clock.advance(1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(timers) == 0
