@@ -102,6 +102,9 @@ class SessionListener:
     def on_acked(self, session: MqttSession, since: float | None) -> None:
         """A QoS 1 publish was acknowledged; `since` is the `perf_counter` time given to `publish`."""
 
+    def on_writable(self, session: MqttSession) -> None:
+        """The socket took what waited to be written: `session.writable` is true again."""
+
 
 class _InflightStorage(gmqtt.storage.PersistentStorage):  # type: ignore[misc]
     """gmqtt's in-flight store that also reports each acknowledgement."""
@@ -139,6 +142,8 @@ class _Client(gmqtt.Client):  # type: ignore[misc]
     lost: asyncio.Event
     inflight_storage: _InflightStorage
     deliver: Callable[[str, bytes, int, bool], None]
+    on_writable: Callable[[], None]
+    writable: bool
     _acks: list[bytes]
 
     async def reconnect(self, delay: bool = False) -> None:
@@ -146,9 +151,21 @@ class _Client(gmqtt.Client):  # type: ignore[misc]
 
     async def _create_connection(self, *args: Any, **kwargs: Any) -> Any:
         connection = await super()._create_connection(*args, **kwargs)
+        protocol = connection._protocol
         # gmqtt's read loop calls `self._read_packet(buffer)` on the protocol: an instance attribute is found first.
-        connection._protocol._read_packet = functools.partial(self._read_packets, connection)
+        protocol._read_packet = functools.partial(self._read_packets, connection)
+        # The transport's flow control (gmqtt ignores it): above its high-water mark it holds what is not yet on
+        # the socket, and publishers should wait, where a newer value can still replace an unsent one.
+        self.writable = True
+        protocol.pause_writing = functools.partial(self._writing, connection, False)
+        protocol.resume_writing = functools.partial(self._writing, connection, True)
         return connection
+
+    def _writing(self, connection: Any, writable: bool) -> None:
+        if connection is self._connection:
+            self.writable = writable
+            if writable:
+                self.on_writable()
 
     def _read_packets(self, connection: Any, data: bytes) -> int:
         """Frame the packets of one read (gmqtt's `_read_packet` contract): bytes consumed, -1 when malformed."""
@@ -315,6 +332,13 @@ class MqttSession:
     # -- traffic ---------------------------------------------------------------------
 
     @property
+    def writable(self) -> bool:
+        """Whether the socket keeps up: false while the transport holds more unsent data than its high-water
+        mark (`on_writable` follows when it took it)."""
+        client = self._client
+        return client is not None and client.writable
+
+    @property
     def inflight(self) -> int:
         """QoS 1 publishes sent and not yet acknowledged on the current connection."""
         return self._storage.count if self._storage is not None else 0
@@ -467,6 +491,8 @@ class MqttSession:
         client.lost = asyncio.Event()
         client.inflight_storage = storage
         client.deliver = self._deliver
+        client.on_writable = self._writable_again
+        client.writable = True
         client._acks = []
         if ep.username is not None:
             client.set_auth_credentials(ep.username, ep.password)
@@ -537,6 +563,9 @@ class MqttSession:
 
     def _acked(self, since: float | None) -> None:
         self._listener.on_acked(self, since)
+
+    def _writable_again(self) -> None:
+        self._listener.on_writable(self)
 
     def _set_down(self) -> None:
         self.connected = False

@@ -194,7 +194,8 @@ class Output(SessionListener):
     def drain(self) -> None:
         """Send what is pending, up to the in-flight window at QoS 1."""
         self._scheduled = False
-        if not self.pending or not self.session.connected or self._sweep is not None:
+        if not self.pending or not self.session.connected or self._sweep is not None or not self.session.writable:
+            # Not writable: the socket is behind, and what waits here can still coalesce (on_writable resumes).
             self.show_depth()
             return
         session, qos = self.session, self.qos
@@ -289,6 +290,11 @@ class Output(SessionListener):
             self._acked_latency.observe(time.perf_counter() - since)
         window = min(self.max_inflight, session.receive_maximum)
         if self.pending and not self._scheduled and session.inflight <= window // 2:
+            self._schedule()
+
+    def on_writable(self, session: MqttSession) -> None:
+        """The socket caught up: send what waited."""
+        if self.pending:
             self._schedule()
 
     def on_message(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:

@@ -118,3 +118,16 @@ def test_pubacks_release_their_packet_ids_and_stored_packets() -> None:
     assert acked == [0.0, 2.0] and c.inflight_storage.count == 1
     assert ids._used_ids == {mids[1]}
     assert others == []
+
+
+def test_the_transports_flow_control_reaches_the_session_for_the_current_connection_only() -> None:
+    c, conn, _, _ = client()
+    c.writable = True
+    resumed: list[bool] = []
+    c.on_writable = lambda: resumed.append(True)
+    c._writing(conn, False)  # the transport's pause_writing()
+    assert c.writable is False and resumed == []
+    c._writing(Connection(), True)  # a superseded connection's transport says nothing about this one
+    assert c.writable is False and resumed == []
+    c._writing(conn, True)  # resume_writing()
+    assert c.writable is True and resumed == [True]

@@ -267,6 +267,54 @@ async def test_a_qos0_backlog_larger_than_one_write_all_goes_out(broker: Mosquit
     assert sub.latest[f"{ROOM}/q{count - 1}"] == b"%d" % (count - 1)
 
 
+async def test_at_qos0_a_stalled_broker_makes_changes_wait_and_coalesce_not_pile_up(tmp_path: Path) -> None:
+    stalled = Mosquitto()
+    stalled.start()
+    try:
+        doc = site(stalled.url, brokers=[{"name": "local", "url": stalled.url, "client_id": "rt-test", "qos": 0}])
+        async with running(write_settings(tmp_path / "site.yaml", doc)) as rt:
+            publisher = rt.publisher
+            assert publisher is not None
+            out = publisher.outputs[0]
+            await out.flush(5)
+            host = rt.manager.hosts["mod-a"]  # type: ignore[union-attr]
+            client = out.session._client
+            assert client is not None
+            transport = client._connection._transport
+            filler = "x" * 1000
+            keys = 4000
+            one_write = WRITE_MAX * 1200  # what a single drain may hand to the socket at once
+            assert stalled.proc is not None
+            os.kill(stalled.proc.pid, signal.SIGSTOP)  # reads nothing: the socket buffers fill, then the transport's
+            try:
+                buffered: list[int] = []
+                for rnd in range(12):  # 48 MB of changes, far beyond what the kernel buffers on loopback
+                    for i in range(keys):
+                        host.set_state(f"s{i}", f"{rnd}-{i}-{filler}")
+                    for _ in range(10):
+                        await asyncio.sleep(0)
+                    buffered.append(transport.get_write_buffer_size())
+                assert not out.session.writable
+                assert max(buffered) < one_write  # the transport holds at most one drain's worth
+                # The rest waits, coalescing: at most one rendered batch here, one entry per key still to render.
+                assert 0 < len(out.pending) <= BATCH
+                assert publisher.backlog <= keys
+            finally:
+                os.kill(stalled.proc.pid, signal.SIGCONT)
+            assert await out.flush(60)
+
+            def final() -> bool:
+                # The broker works through megabytes of buffered publishes after it resumes: read until it has.
+                found = retained(stalled.port, f"{ROOM}/#")
+                last = [p for t, p in found.items() if t.rsplit("/", 1)[1].startswith("s")
+                        and b'"value":"\\"11-%s-x' % t.rsplit("/s", 1)[1].encode() in p]
+                return len(last) == keys
+
+            assert await until(final, 30)
+    finally:
+        stalled.close()
+
+
 async def test_changes_under_a_full_window_wait_and_coalesce(tmp_path: Path) -> None:
     with small_window_broker() as small:
         path = write_settings(tmp_path / "site.yaml", site(small.url))
