@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Literal
 
@@ -146,9 +147,9 @@ async def pair(broker: Mosquitto, protocol: Literal["5", "3.1.1"], name: str,
         await reader.stop()
 
 
-async def received(inbox: Inbox, count: int) -> list[tuple[str, bytes, int, bool]]:
-    """The inbox once it holds `count` messages (or after 5 s)."""
-    for _ in range(500):
+async def received(inbox: Inbox, count: int, seconds: float = 5.0) -> list[tuple[str, bytes, int, bool]]:
+    """The inbox once it holds `count` messages (or after `seconds`)."""
+    for _ in range(int(seconds * 100)):
         if len(inbox.messages) >= count:
             break
         await asyncio.sleep(0.01)
@@ -180,3 +181,43 @@ async def test_a_message_larger_than_one_socket_read_arrives_whole(broker: Mosqu
         writer.publish_batch([("big/0", b"before"), ("big/1", big), ("big/2", b"after")], 1, False)
         got = [(t, p) for t, p, _, _ in await received(inbox, 3)]
     assert got == [("big/0", b"before"), ("big/1", big), ("big/2", b"after")]
+
+
+class SlowInbox(Inbox):
+    """Takes its time over each message and records how much the session had read and not yet handled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.session: MqttSession | None = None
+        self.unhandled: list[int] = []
+
+    def on_message(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        super().on_message(topic, payload, qos, retain)
+        assert self.session is not None and self.session._client is not None
+        reader = self.session._client._connection._protocol._stream_reader
+        self.unhandled.append(len(reader._buffer))
+        time.sleep(0.0002)  # a handler slower than the input
+
+
+async def test_a_reader_slower_than_its_input_holds_the_broker_back(broker: Mosquitto) -> None:
+    inbox = SlowInbox()
+    reader = MqttSession(MqttEndpoint(broker.url, protocol="3.1.1", client_id="slow-reader"), inbox, name="r")
+    inbox.session = reader
+    writer = MqttSession(MqttEndpoint(broker.url, protocol="3.1.1", client_id="fast-writer"), Inbox(), name="w")
+    reader.start()
+    writer.start()
+    try:
+        assert await reader.wait_connected(10) and await writer.wait_connected(10)
+        reader.subscribe({"flood/#": 0})
+        await asyncio.sleep(0.2)  # the SUBACK
+        count, payload = 5000, b"p" * 1000
+        for i in range(0, count, 500):
+            writer.publish_batch([(f"flood/{n}", payload) for n in range(i, i + 500)], 0, False)
+        got = await received(inbox, count, seconds=30)
+    finally:
+        await writer.stop()
+        await reader.stop()
+    assert [t for t, _, _, _ in got] == [f"flood/{n}" for n in range(count)]
+    # 5 MB went through; the reader never held more than about one socket read of it: it takes data off the
+    # socket only as fast as it handles it, and the rest waits in the kernel and, beyond that, in the broker.
+    assert max(inbox.unhandled) < 512 * 1024
