@@ -492,7 +492,6 @@ class MqttSession:
         client.inflight_storage = storage
         client.deliver = self._deliver
         client.on_writable = self._writable_again
-        client.writable = True
         client._acks = []
         if ep.username is not None:
             client.set_auth_credentials(ep.username, ep.password)

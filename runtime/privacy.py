@@ -493,10 +493,10 @@ class RuleSet:
         self._engine = engine
         self._rules = tuple(rules)
         self.names = tuple(rule.name for rule in self._rules)
+        """The rule names, in settings order."""
         # (indices of the admitting rules, state key) -> its filter: immutable, so shared by every module
         # whose key the same rules admit (a site has 10,000 modules with the same few keys).
         self._filters: dict[tuple[tuple[int, ...], str], StateFilter] = {}
-        """The rule names, in settings order."""
         unscoped = [rule for rule in self._rules if not rule.scoped]
         self._metadata = engine._scan(unscoped) if unscoped else None
 

@@ -99,7 +99,7 @@ class Filtered(NamedTuple):
     """The route of a key with one lane, one topic and privacy rules: the topic and the key's filter."""
 
     topic: str
-    rules: StateFilter
+    scoped: StateFilter
 
 
 Routes = str | Filtered | tuple[Route, ...]
@@ -562,24 +562,24 @@ class Publisher:
             lanes = self._lane_routes(source, key)
         elif isinstance(route, Filtered):
             if single is not None:
-                payload = self._filtered(single, route.rules, entry)
+                payload = self._filtered(single, route.scoped, entry)
                 for out in single.outputs:
                     out.put(route.topic, payload, since)
                 return
             lanes = self._lane_routes(source, key)
         else:
             lanes = route
-        for lane, state_topics, rules in lanes:
-            payload = CLEAR if entry is None else entry if rules is None else self._filtered(lane, rules, entry)
+        for lane, state_topics, scoped in lanes:
+            payload = CLEAR if entry is None else entry if scoped is None else self._filtered(lane, scoped, entry)
             for out in lane.outputs:
                 for topic in state_topics:
                     out.put(topic, payload, since)
 
-    def _filtered(self, lane: Lane, rules: StateFilter, entry: StateEntry | None) -> Retained:
+    def _filtered(self, lane: Lane, scoped: StateFilter, entry: StateEntry | None) -> Retained:
         """What a lane sends for a state entry after the key's privacy rules."""
         if entry is None:
             return CLEAR
-        value = rules.apply(entry.value)
+        value = scoped.apply(entry.value)
         if value is self._drop:
             return CLEAR
         if value is entry.value:

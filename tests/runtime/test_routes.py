@@ -116,7 +116,7 @@ async def test_one_broker_with_rules_keeps_the_topic_and_the_keys_filter() -> No
     route = source.routes["temperature"]
     assert isinstance(route, Filtered) and route.topic == TOPIC
     other_route = other.routes["temperature"]
-    assert isinstance(other_route, Filtered) and other_route.rules is route.rules  # one filter per key and rules
+    assert isinstance(other_route, Filtered) and other_route.scoped is route.scoped  # one filter per key and rules
     out = publisher.outputs[0]
     assert out.current[TOPIC] is source.states["temperature"]  # nothing matched: the entry itself
     host = topics.state_topic(PREFIX, "host")
