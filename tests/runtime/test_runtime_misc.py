@@ -5,20 +5,18 @@ from __future__ import annotations
 import asyncio
 import gc
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import msgspec
 
 from runtime.app import Runtime
 from runtime.clock import FakeClock
-from runtime.driver import Driver
 from runtime.errors import SettingsError
 from runtime.manager import Status
 from runtime.plan import build_plan
-from runtime.registry import Registry
 from runtime.settings import load_document
 from tests.support.broker import Mosquitto, free_port
-from tests.support.site import ProbeSettings, registry, running, site, write_settings
+from tests.support.site import FlakyDriver, ProbeSettings, registry, running, site, write_settings
 from tests.support.subscriber import Subscriber
 
 ROOM = "placeos/org-t/state/bld-1/lvl-2/area-201/sys-201"
@@ -146,32 +144,15 @@ def test_a_failed_start_leaves_the_collector_on(tmp_path: Path) -> None:
     assert gc.get_freeze_count() == 0
 
 
-class HangingDriver(Driver[ProbeSettings]):
-    """Its first `on_load` never finishes; later ones do."""
-
-    key = "hanging"
-    name = "Hanging"
-    generic_name = "Hanging"
-    Settings = ProbeSettings
-    has_upstream = False
-    attempts: ClassVar[dict[str, int]] = {}
-
-    async def on_load(self) -> None:
-        """Hang on the first attempt."""
-        n = HangingDriver.attempts[self.ctx.module_id] = HangingDriver.attempts.get(self.ctx.module_id, 0) + 1
-        if n == 1:
-            await asyncio.Event().wait()
-        self.ctx.set_state("ok", True)
-
-
 async def test_a_load_that_hangs_times_out_on_the_runtime_clock_and_is_retried(broker: Mosquitto,
                                                                              tmp_path: Path) -> None:
-    HangingDriver.attempts.clear()
-    doc = site(broker.url, drivers=[{"id": "drv-h", "name": "Hanging driver", "driver": "hanging"}],
+    FlakyDriver.attempts.pop("mod-h", None)
+    doc = site(broker.url, drivers=[{"id": "drv-h", "name": "Hanging driver", "driver": "flaky",
+                                     "settings": {"failures": 1, "hang": True}}],
                modules=[{"id": "mod-h", "driver": "drv-h"}],
                systems=[{"id": "sys-1", "name": "Room", "modules": ["mod-h"]}])
     clock = FakeClock()
-    rt = Runtime(write_settings(tmp_path / "site.yaml", doc), registry=Registry([HangingDriver]), clock=clock)
+    rt = Runtime(write_settings(tmp_path / "site.yaml", doc), registry=registry(), clock=clock)
     await rt.start()
     try:
         assert rt.manager is not None
@@ -187,7 +168,7 @@ async def test_a_load_that_hangs_times_out_on_the_runtime_clock_and_is_retried(b
         statuses.append(host.status)
         assert statuses == [Status.LOADING, Status.FAILED, Status.RUNNING]
         assert host.get_state("ok") is True
-        assert HangingDriver.attempts["mod-h"] == 2
+        assert FlakyDriver.attempts["mod-h"] == 2
         assert rt.metrics.registry.get_sample_value("placeos_runtime_module_restarts_total",
                                                     {"driver": "drv-h"}) == 1
     finally:

@@ -66,10 +66,12 @@ class FlakySettings(msgspec.Struct):
     """Settings of the flaky driver."""
 
     failures: int = 2
+    hang: bool = False
+    """Fail by never finishing `on_load` rather than by raising."""
 
 
 class FlakyDriver(Driver[FlakySettings]):
-    """Fails `failures` times in on_load, then works."""
+    """Fails `failures` times in on_load (raising, or hanging when told), then works."""
 
     key = "flaky"
     name = "Flaky"
@@ -82,6 +84,8 @@ class FlakyDriver(Driver[FlakySettings]):
         """Raise until enough attempts were made."""
         n = FlakyDriver.attempts[self.ctx.module_id] = FlakyDriver.attempts.get(self.ctx.module_id, 0) + 1
         if n <= self.settings.failures:
+            if self.settings.hang:
+                await asyncio.Event().wait()
             raise RuntimeError(f"load attempt {n} fails on purpose")
         self.ctx.set_state("ok", True)
 
