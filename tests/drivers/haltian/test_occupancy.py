@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
 from zoneinfo import ZoneInfo
+
+import pytest
 
 from drivers.haltian import HaltianDriver
 from drivers.haltian.models import DirectionalValue, iso
@@ -230,3 +233,20 @@ def test_the_first_save_makes_the_state_directory(tmp_path: Path) -> None:
     again = LocalCounter(home)
     assert again.load() is True
     assert again.totals == (2, 0)
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "a directory"])
+def test_a_damaged_state_file_is_reported_and_the_count_starts_from_zero(
+        tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture) -> None:
+    home = FakeModuleContext("mod-door", state_dir=tmp_path / "mod-door")
+    path = home.state_dir / STATE_FILE
+    home.state_dir.mkdir()
+    if damage == "corrupt":
+        path.write_bytes(b'{"in_": 3, "out": ')
+    else:
+        path.mkdir()
+    counter = LocalCounter(home)
+    with caplog.at_level(logging.WARNING):
+        assert counter.load() is False
+    assert counter.totals == (0, 0) and not counter.active
+    assert STATE_FILE in caplog.text
