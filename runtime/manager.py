@@ -31,6 +31,9 @@ from runtime.tasks import cancel_and_wait, finish_within, raise_if_cancelled
 T = TypeVar("T")
 _log = logging.getLogger("runtime.module")
 CONNECTED = "connected"
+START_BATCH = 256
+"""Modules started per event-loop turn: between batches the loop gets to the brokers, so metadata and the first
+states go out (to a broker working on another core) while the rest of a large site is still loading."""
 encode = msgspec.json.Encoder().encode
 
 
@@ -369,6 +372,7 @@ class Manager:
         self._first_load: set[ModuleHost] = set()  # hosts whose first load attempt has not finished
         self._first_loads_done = asyncio.Event()
         self._first_loads_done.set()
+        self._applying = asyncio.Lock()
 
     def first_attempt_done(self, host: ModuleHost) -> None:
         """A module finished a load attempt (it runs, or it failed and will be retried)."""
@@ -399,11 +403,16 @@ class Manager:
         raise LookupError(f"no module {ref!r} in the systems of {source.module_id}")
 
     async def apply(self, plan: Plan) -> None:
-        """Start, stop and update modules so that they match `plan`."""
+        """Start, stop and update modules so that they match `plan` (one plan at a time)."""
+        async with self._applying:
+            await self._apply(plan)
+
+    async def _apply(self, plan: Plan) -> None:
         old = self.plan
         self.plan = plan
         removed = [h for mid, h in self.hosts.items() if mid not in plan.modules]
         await asyncio.gather(*(self._remove(h) for h in removed))
+        started = 0
         for mid, module in plan.modules.items():
             host = self.hosts.get(mid)
             if host is None or (old is not None and old.modules[mid].driver_key != module.driver_key):
@@ -413,6 +422,9 @@ class Manager:
                 self._first_load.add(host)
                 self._first_loads_done.clear()
                 host.start()
+                started += 1
+                if started % START_BATCH == 0:
+                    await asyncio.sleep(0)
                 continue
             host.prefixes = module.prefixes
             host.name = module.name

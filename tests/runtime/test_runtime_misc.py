@@ -12,7 +12,7 @@ import msgspec
 from runtime.app import Runtime
 from runtime.clock import FakeClock
 from runtime.errors import SettingsError
-from runtime.manager import Status
+from runtime.manager import START_BATCH, Status
 from runtime.plan import build_plan
 from runtime.settings import load_document
 from tests.support.broker import Mosquitto, free_port
@@ -171,5 +171,44 @@ async def test_a_load_that_hangs_times_out_on_the_runtime_clock_and_is_retried(b
         assert FlakyDriver.attempts["mod-h"] == 2
         assert rt.metrics.registry.get_sample_value("placeos_runtime_module_restarts_total",
                                                     {"driver": "drv-h"}) == 1
+    finally:
+        await rt.stop()
+
+
+def many_probes(broker_url: str, count: int) -> dict[str, Any]:
+    """A site of `count` probe modules, one system each."""
+    return site(broker_url, modules=[{"id": f"mod-{i}", "driver": "drv-p"} for i in range(count)],
+                systems=[{"id": f"sys-{i}", "name": f"Room {i}", "modules": [f"mod-{i}"]} for i in range(count)])
+
+
+async def test_a_large_site_starts_in_batches_the_event_loop_runs_between(broker: Mosquitto,
+                                                                         tmp_path: Path) -> None:
+    count = 2 * START_BATCH + 1
+    rt = Runtime(write_settings(tmp_path / "site.json", many_probes(broker.url, count)), registry=registry())
+    seen: list[int] = []
+    # Runs at the first turn of the loop that start() gives away.
+    asyncio.get_running_loop().call_soon(lambda: seen.append(len(rt.manager.hosts) if rt.manager else -1))
+    await rt.start()
+    try:
+        assert rt.manager is not None
+        assert seen == [START_BATCH]  # the first batch was started, the rest waited for the next turns
+        assert len(rt.manager.hosts) == count
+        assert await rt.manager.wait_loaded(10)
+        assert all(host.status is Status.RUNNING for host in rt.manager.hosts.values())
+    finally:
+        await rt.stop()
+
+
+async def test_plans_are_applied_one_at_a_time(broker: Mosquitto, tmp_path: Path) -> None:
+    count = 2 * START_BATCH + 1
+    rt = Runtime(write_settings(tmp_path / "site.json", site(broker.url)), registry=registry())
+    await rt.start()
+    try:
+        assert rt.manager is not None
+        large = build_plan(load_document(many_probes(broker.url, count), {}), registry())
+        small = build_plan(load_document(many_probes(broker.url, 1), {}), registry())
+        # The second plan must not run while the first one is still starting its batches.
+        await asyncio.gather(rt.manager.apply(large), rt.manager.apply(small))
+        assert set(rt.manager.hosts) == {"mod-0"}
     finally:
         await rt.stop()
