@@ -168,6 +168,10 @@ class ModuleContext(Protocol):
         """A per-module directory for small persistent state; it is created by the driver's first write, not before."""
         ...
 
+    def read_state(self, name: str) -> bytes | None:
+        """The contents of file `name` in `state_dir`, or None when there is none (other failures raise OSError)."""
+        ...
+
     @property
     def transports(self) -> Transports:
         """Network access lent by the runtime."""

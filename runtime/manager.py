@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -134,6 +135,16 @@ class ModuleHost:
     def state_dir(self) -> Path:
         """The module's directory for small persistent state (made by the driver's first write)."""
         return self.manager.state_dir / self.module_id
+
+    def read_state(self, name: str) -> bytes | None:
+        """The contents of file `name` in `state_dir`, or None when there is none."""
+        # Plain strings: 10,000 modules look for their file at start, most find none, and building a Path for
+        # each cost more than the failed open.
+        try:
+            with open(os.path.join(self.manager.state_root, self.module_id, name), "rb") as file:
+                return file.read()
+        except FileNotFoundError:
+            return None
 
     # -- ModuleContext --------------------------------------------------------------------
 
@@ -361,6 +372,7 @@ class Manager:
         self.transports = transports
         self.metrics = metrics
         self.state_dir = state_dir
+        self.state_root = str(state_dir)
         self.shared = SharedServices()
         self.hosts: dict[str, ModuleHost] = {}
         self.plan: Plan | None = None

@@ -181,6 +181,13 @@ class FakeModuleContext:
         """Current value of a state key."""
         return self.states.get(key)
 
+    def read_state(self, name: str) -> bytes | None:
+        """A file of the state directory, or None."""
+        try:
+            return (self.state_dir / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
     def set_connected(self, up: bool) -> None:
         """Record the upstream status."""
         self.connected = up

@@ -55,6 +55,10 @@ class Home(Protocol):
         """The module's state directory."""
         ...
 
+    def read_state(self, name: str) -> bytes | None:
+        """A file of the state directory, or None when there is none."""
+        ...
+
     @property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
         """The module's logger."""
@@ -166,21 +170,17 @@ class LocalCounter:
 
     def load(self) -> bool:
         """Restore from the state file; False when there is none (or it is unreadable)."""
-        # Plain strings and open(): a site starts 10,000 modules, most without a file, and pathlib's objects
-        # cost more than the failed open itself.
-        path = os.path.join(self._home.state_dir, STATE_FILE)
         try:
-            with open(path, "rb") as file:
-                data = file.read()
-        except FileNotFoundError:
-            return False
+            data = self._home.read_state(STATE_FILE)
         except OSError as exc:
-            self._log.warning("cannot read %s: %s; starting from zero", path, exc)
+            self._log.warning("cannot read %s: %s; starting from zero", self.path, exc)
+            return False
+        if data is None:
             return False
         try:
             self.state = _DECODER.decode(data)
         except msgspec.DecodeError as exc:
-            self._log.warning("ignoring corrupt %s: %s", path, exc)
+            self._log.warning("ignoring corrupt %s: %s", self.path, exc)
             return False
         return True
 

@@ -94,6 +94,18 @@ async def test_module_state_directories_are_left_to_the_drivers(broker: Mosquitt
         host = rt.manager.hosts["mod-a"]  # type: ignore[union-attr]
         assert host.state_dir == state / "mod-a"
         assert not host.state_dir.exists()
+        assert host.read_state("count.json") is None  # and looking makes nothing either
+        assert not host.state_dir.exists()
+        host.state_dir.mkdir(parents=True)
+        (host.state_dir / "count.json").write_bytes(b'{"in": 3}')
+        assert host.read_state("count.json") == b'{"in": 3}'
+        (host.state_dir / "sub").mkdir()
+        try:
+            host.read_state("sub")
+        except OSError:
+            pass  # not a file: the driver hears why
+        else:
+            raise AssertionError("reading a directory must raise OSError")
 
 
 async def test_run_pauses_the_collector_while_loading_then_freezes_what_lives_long(
