@@ -373,6 +373,7 @@ class Manager:
         self.metrics = metrics
         self.state_dir = state_dir
         self.state_root = str(state_dir)
+        """`state_dir` as a string, made once: modules look for their files with plain strings."""
         self.shared = SharedServices()
         self.hosts: dict[str, ModuleHost] = {}
         self.plan: Plan | None = None
